@@ -1,0 +1,116 @@
+# clipself: one library (pipeline/ -> build/libclipself.a), thin stages, tests and benchmarks.
+#
+#   make            build the library, stages and tests
+#   make check      install missing dependencies, then run every test (plain and sanitized)
+#   make demo       install missing dependencies, then run the main job
+#   make bench      performance report (ratios against BLIS sgemm and PyTorch)
+#   make deps       install missing Debian packages (scripts/install-deps)
+#
+# Switches: SAN=1 builds with AddressSanitizer + UBSan into build-san/; WERROR=1 adds -Werror;
+# NO_TORCH=1 skips the PyTorch reference (its tests then fail: they need the fixtures).
+
+SAN ?= 0
+BUILD := $(if $(filter 1,$(SAN)),build-san,build)
+PYTHON ?= /usr/bin/python3
+MPIRUN ?= mpirun
+
+CC := mpicc
+CFLAGS := -std=c11 -D_GNU_SOURCE -O3 -march=native -fopenmp -g -Wall -Wextra -MMD -MP
+LDLIBS := -lm
+ifeq ($(WERROR),1)
+CFLAGS += -Werror
+endif
+ifeq ($(SAN),1)
+CFLAGS := $(filter-out -O3,$(CFLAGS)) -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+          -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+# ---- dependency probes: each prints found / NOT FOUND ------------------------------------
+BLIS_INC := /usr/include/x86_64-linux-gnu/blis-openmp
+BLIS_LIB := /usr/lib/x86_64-linux-gnu/blis-openmp/libblis.a
+define probe
+$(if $(2),$(info [deps] $(1): found),$(info [deps] $(1): NOT FOUND (run: make deps)))
+endef
+HAVE_BLIS := $(wildcard $(BLIS_INC)/blis.h)
+HAVE_HDF5 := $(shell pkg-config --exists hdf5-openmpi && echo yes)
+HAVE_MPI  := $(shell command -v mpicc >/dev/null 2>&1 && echo yes)
+HAVE_JPEG := $(shell pkg-config --exists libjpeg && echo yes)
+HAVE_PNG  := $(shell pkg-config --exists libpng && echo yes)
+HAVE_YAJL := $(shell pkg-config --exists yajl && echo yes)
+HAVE_TORCH := $(shell $(PYTHON) -c 'import torch, torchvision, h5py' >/dev/null 2>&1 && echo yes)
+ifeq ($(MAKELEVEL),0)
+$(call probe,BLIS (OpenMP build) $(BLIS_INC),$(HAVE_BLIS))
+$(call probe,Open MPI (mpicc),$(HAVE_MPI))
+$(call probe,HDF5 parallel (hdf5-openmpi),$(HAVE_HDF5))
+$(call probe,libjpeg-turbo,$(HAVE_JPEG))
+$(call probe,libpng,$(HAVE_PNG))
+$(call probe,yajl (JSON),$(HAVE_YAJL))
+$(call probe,PyTorch + torchvision + h5py ($(PYTHON)),$(HAVE_TORCH))
+endif
+
+CFLAGS += -isystem $(BLIS_INC) -Ipipeline $(shell pkg-config --cflags hdf5-openmpi yajl libpng libjpeg 2>/dev/null)
+LDLIBS := $(BLIS_LIB) $(shell pkg-config --libs hdf5-openmpi yajl libpng libjpeg 2>/dev/null) \
+          -lpthread $(LDLIBS)
+
+# ---- the library -------------------------------------------------------------------------
+LIB_SRC := $(wildcard pipeline/*.c)
+LIB_OBJ := $(patsubst pipeline/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
+LIB := $(BUILD)/libclipself.a
+
+STAGE_SRC := $(wildcard stages/*.c)
+STAGES := $(patsubst stages/%.c,$(BUILD)/bin/%,$(STAGE_SRC))
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+BENCH := $(BUILD)/tests/bench
+
+all: $(LIB) $(STAGES) $(TESTS) $(BENCH)
+
+$(BUILD)/obj/%.o: pipeline/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/bin/%: stages/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests $< -o $@ $(LIB) $(LDFLAGS) $(LDLIBS)
+
+# ---- fixtures from the PyTorch reference --------------------------------------------------
+FIXTURES := build/fixtures
+$(FIXTURES)/.done: tests/reference/vit_ref.py
+	@mkdir -p $(FIXTURES)
+	$(PYTHON) tests/reference/vit_ref.py --out $(FIXTURES)
+	@touch $@
+
+# ---- tests -------------------------------------------------------------------------------
+.PHONY: all check test test-san deps demo bench clean
+deps:
+	@scripts/install-deps
+
+check: deps
+	$(MAKE) WERROR=1 test
+	$(MAKE) WERROR=1 SAN=1 test
+
+test: all $(FIXTURES)/.done
+	@FIXTURES=$(FIXTURES) scripts/run-tests $(BUILD) $(TESTS)
+
+demo: deps
+	$(MAKE) all
+	scripts/demo $(BUILD)
+
+bench: all
+	@$(BENCH)
+	@if [ "$(HAVE_TORCH)" = yes ]; then $(PYTHON) tests/reference/bench_torch.py; \
+	 else echo "PyTorch not installed: no PyTorch comparison"; fi
+
+clean:
+	rm -rf build build-san
+
+-include $(LIB_OBJ:.o=.d)

@@ -1,0 +1,148 @@
+/* vit.h: the CLIP vision transformer (open_clip layout) with its forward and backward passes.
+ *
+ * All parameters live in one flat buffer described by vit_tensors(); gradients and the AdamW
+ * moments use the same layout, so the optimiser, the gradient all-reduce and checkpoint I/O are
+ * each one loop over one buffer. Sizes: B images, T = 1 + gh*gw tokens, C width, H heads,
+ * F mlp width, E embed dim, L layers, P patch, G0 the checkpoint's positional grid side. */
+#ifndef CLIPSELF_VIT_H
+#define CLIPSELF_VIT_H
+
+#include <stddef.h>
+
+typedef struct {
+    int width;    /* C */
+    int layers;   /* L */
+    int heads;    /* H */
+    int mlp;      /* F */
+    int embed;    /* E */
+    int patch;    /* P */
+    int grid;     /* G0: positional embedding grid side (image_size / patch) */
+    int act;      /* ACT_QUICKGELU (OpenAI weights) or ACT_GELU */
+    float ln_eps; /* 1e-5 */
+} VitConfig;
+
+/* The parameter tensors, in buffer order. */
+enum {
+    VIT_CONV1_W,   /* (C, 3, P, P) */
+    VIT_CLASS_EMB, /* (C) */
+    VIT_POS_EMB,   /* (1 + G0*G0, C) */
+    VIT_LN_PRE_W,  /* (C) */
+    VIT_LN_PRE_B,  /* (C) */
+    VIT_LN1_W,     /* (L, C) */
+    VIT_LN1_B,     /* (L, C) */
+    VIT_QKV_W,     /* (L, 3C, C) rows q|k|v */
+    VIT_QKV_B,     /* (L, 3C) */
+    VIT_OUT_W,     /* (L, C, C) */
+    VIT_OUT_B,     /* (L, C) */
+    VIT_LN2_W,     /* (L, C) */
+    VIT_LN2_B,     /* (L, C) */
+    VIT_FC_W,      /* (L, F, C) */
+    VIT_FC_B,      /* (L, F) */
+    VIT_FCPROJ_W,  /* (L, C, F) */
+    VIT_FCPROJ_B,  /* (L, C) */
+    VIT_LN_POST_W, /* (C) */
+    VIT_LN_POST_B, /* (C) */
+    VIT_PROJ,      /* (C, E), used as x @ proj */
+    VIT_NUM_TENSORS
+};
+
+typedef struct {
+    const char *name;  /* open_clip name; per-layer tensors hold "%d" for the block index */
+    int per_layer;     /* 1: stored as (L, shape...) and named once per block */
+    int ndim;          /* dimensions of one (per-block) tensor */
+    int shape[4];      /* shape of one (per-block) tensor */
+    size_t offset;     /* first float in the flat buffer */
+    size_t numel;      /* floats in the whole (L, ...) tensor */
+    int decay;         /* AdamW weight decay applies (open_clip: not 1-D, bias or norm) */
+} VitTensor;
+
+/* Fill the table for cfg; returns the total number of floats. */
+size_t vit_tensors(VitTensor t[VIT_NUM_TENSORS], const VitConfig *cfg);
+
+typedef struct {
+    float *conv1_w, *class_emb, *pos_emb, *ln_pre_w, *ln_pre_b, *ln1_w, *ln1_b, *qkv_w, *qkv_b,
+        *out_w, *out_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b, *ln_post_w,
+        *ln_post_b, *proj;
+} VitParams; /* pointers into a flat buffer, in enum order; shapes as in the enum */
+
+/* Forward modes. */
+enum {
+    VIT_IMAGE = 0, /* image embedding: all blocks, ln_post on the class token, @ proj -> (B, E) */
+    VIT_DENSE = 1  /* "v2" dense map: last block value-only, ln_post + proj on every patch token,
+                      L2-normalised -> (B, gh*gw, E); the class token is dropped */
+};
+
+/* Activations kept for the backward; sizes for the shape given to vit_prepare. */
+typedef struct {
+    float *cols;       /* (B*N, 3*P*P) im2col of the image, N = gh*gw */
+    float *pos;        /* (T, C) positional embedding at this grid (resized if gh,gw != G0) */
+    float *x0;         /* (B, T, C) patch + class + position, input of ln_pre */
+    float *lnpre_mean, *lnpre_rstd; /* (B, T) */
+    float *xin;        /* (L+1, B, T, C) input of each block; xin[L] = output of the last */
+    float *ln1_mean, *ln1_rstd; /* (L, B, T) */
+    float *qkv;        /* (L, B, T, 3C); dense mode's last block fills only v */
+    float *atty;       /* (L, B, T, C) attention output before out_proj */
+    float *lse;        /* (L, B, H, T) attention log-sum-exp */
+    float *xmid;       /* (L, B, T, C) block input + attention branch */
+    float *ln2_mean, *ln2_rstd; /* (L, B, T) */
+    float *fch;        /* (L, B, T, F) MLP pre-activation */
+    float *lnpost;     /* (B, Tp, C) ln_post output, Tp = 1 (image) or N (dense) */
+    float *lnpost_mean, *lnpost_rstd; /* (B, Tp) */
+    float *projout;    /* (B, Tp, E) before normalisation */
+    float *norm;       /* (B, N) dense token norms */
+    float *out;        /* (B, E) image embedding or (B, N, E) normalised dense map */
+    /* scratch, recomputed or reused per layer */
+    float *ln;         /* (B, T, C) */
+    float *fca;        /* (B, T, F) activated MLP hidden */
+    float *attn_scratch; /* attention_scratch_floats(T) */
+    /* gradients of activations (backward only) */
+    float *dx, *dx2;   /* (B, T, C) */
+    float *dqkv;       /* (B, T, 3C) */
+    float *datty;      /* (B, T, C) */
+    float *dfch;       /* (B, T, F) */
+    float *dlnpost;    /* (B, Tp, C) */
+    float *dprojout;   /* (B, Tp, E) */
+} VitActs;
+
+typedef struct {
+    VitConfig cfg;
+    VitTensor tensors[VIT_NUM_TENSORS];
+    size_t num_params;
+    float *params_mem; /* (num_params) */
+    VitParams params;
+    float *grads_mem;  /* (num_params), NULL until vit_alloc_grads */
+    VitParams grads;
+    int frozen[VIT_NUM_TENSORS]; /* 1: no gradient is computed and the optimiser skips it */
+    /* shape of the current activations */
+    int mode, B, H, W, gh, gw, T;
+    int train;         /* activations for the backward were kept */
+    VitActs acts;
+    float *acts_mem;
+    size_t acts_capacity; /* floats in acts_mem */
+} Vit;
+
+int vit_config_check(const VitConfig *cfg);
+/* Allocate the parameters (zeroed) for cfg. */
+int vit_init(Vit *m, const VitConfig *cfg);
+void vit_free(Vit *m);
+/* Allocate the gradient buffer (zeroed). */
+int vit_alloc_grads(Vit *m);
+void vit_zero_grad(Vit *m);
+/* CLIPSelf's frozen groups: patch embedding, class token, positional embedding, ln_post, proj. */
+void vit_freeze_clipself(Vit *m);
+/* Deterministic random initialisation (for tests and the synthetic world). */
+void vit_init_random(Vit *m, unsigned long long seed);
+
+/* Size the activations for B images of H x W pixels (multiples of the patch) in mode; train
+ * keeps what the backward needs. Buffers are reused while the shape fits. */
+int vit_prepare(Vit *m, int mode, int B, int H, int W, int train);
+/* img (B, 3, H, W) normalised. Result in m->acts.out: (B, E) or (B, gh*gw, E). */
+void vit_forward(Vit *m, const float *img);
+/* dout has the shape of m->acts.out. Accumulates into m->grads (not frozen tensors). dimg
+ * (B, 3, H, W) may be NULL. */
+void vit_backward(Vit *m, const float *dout, float *dimg);
+
+/* Floating-point operations of one forward (multiply-add = 2) for the prepared shape. */
+double vit_forward_flops(const Vit *m);
+
+#endif

@@ -1,0 +1,143 @@
+/* vit_params.c: the flat parameter layout of the ViT (table of tensors), allocation,
+ * freezing and deterministic random initialisation. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "ops.h"
+#include "vit.h"
+
+int vit_config_check(const VitConfig *c) {
+    CS_CHECK(c->width > 0 && c->layers > 0 && c->heads > 0 && c->mlp > 0 && c->embed > 0 &&
+                 c->patch > 0 && c->grid > 0,
+             "invalid ViT config: width %d layers %d heads %d mlp %d embed %d patch %d grid %d",
+             c->width, c->layers, c->heads, c->mlp, c->embed, c->patch, c->grid);
+    CS_CHECK(c->width % c->heads == 0, "width %d is not divisible by heads %d", c->width,
+             c->heads);
+    CS_CHECK(c->act == ACT_QUICKGELU || c->act == ACT_GELU, "unknown activation %d", c->act);
+    CS_CHECK(c->ln_eps > 0.0f, "layernorm eps must be positive, got %g", (double)c->ln_eps);
+    return 0;
+}
+
+static void set(VitTensor *t, const char *name, int per_layer, int decay, int ndim, int d0, int d1,
+                int d2, int d3) {
+    t->name = name;
+    t->per_layer = per_layer;
+    t->decay = decay;
+    t->ndim = ndim;
+    int d[4] = {d0, d1, d2, d3};
+    size_t n = 1;
+    for (int i = 0; i < 4; i++) {
+        t->shape[i] = i < ndim ? d[i] : 0;
+        if (i < ndim) n *= (size_t)d[i];
+    }
+    t->numel = n;
+}
+
+size_t vit_tensors(VitTensor t[VIT_NUM_TENSORS], const VitConfig *cfg) {
+    int C = cfg->width, L = cfg->layers, F = cfg->mlp, E = cfg->embed, P = cfg->patch;
+    int G = cfg->grid;
+    /* open_clip's weight-decay rule: none for 1-D tensors, biases and norms. */
+    set(&t[VIT_CONV1_W], "visual.conv1.weight", 0, 1, 4, C, 3, P, P);
+    set(&t[VIT_CLASS_EMB], "visual.class_embedding", 0, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_POS_EMB], "visual.positional_embedding", 0, 1, 2, 1 + G * G, C, 0, 0);
+    set(&t[VIT_LN_PRE_W], "visual.ln_pre.weight", 0, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_LN_PRE_B], "visual.ln_pre.bias", 0, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_LN1_W], "visual.transformer.resblocks.%d.ln_1.weight", 1, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_LN1_B], "visual.transformer.resblocks.%d.ln_1.bias", 1, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_QKV_W], "visual.transformer.resblocks.%d.attn.in_proj_weight", 1, 1, 2, 3 * C, C,
+        0, 0);
+    set(&t[VIT_QKV_B], "visual.transformer.resblocks.%d.attn.in_proj_bias", 1, 0, 1, 3 * C, 0, 0,
+        0);
+    set(&t[VIT_OUT_W], "visual.transformer.resblocks.%d.attn.out_proj.weight", 1, 1, 2, C, C, 0,
+        0);
+    set(&t[VIT_OUT_B], "visual.transformer.resblocks.%d.attn.out_proj.bias", 1, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_LN2_W], "visual.transformer.resblocks.%d.ln_2.weight", 1, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_LN2_B], "visual.transformer.resblocks.%d.ln_2.bias", 1, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_FC_W], "visual.transformer.resblocks.%d.mlp.c_fc.weight", 1, 1, 2, F, C, 0, 0);
+    set(&t[VIT_FC_B], "visual.transformer.resblocks.%d.mlp.c_fc.bias", 1, 0, 1, F, 0, 0, 0);
+    set(&t[VIT_FCPROJ_W], "visual.transformer.resblocks.%d.mlp.c_proj.weight", 1, 1, 2, C, F, 0,
+        0);
+    set(&t[VIT_FCPROJ_B], "visual.transformer.resblocks.%d.mlp.c_proj.bias", 1, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_LN_POST_W], "visual.ln_post.weight", 0, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_LN_POST_B], "visual.ln_post.bias", 0, 0, 1, C, 0, 0, 0);
+    set(&t[VIT_PROJ], "visual.proj", 0, 1, 2, C, E, 0, 0);
+    size_t off = 0;
+    for (int i = 0; i < VIT_NUM_TENSORS; i++) {
+        if (t[i].per_layer) t[i].numel *= (size_t)L;
+        t[i].offset = off;
+        off += t[i].numel;
+    }
+    return off;
+}
+
+static void point(VitParams *p, float *mem, const VitTensor *t) {
+    float **ptrs = (float **)p; /* VitParams is VIT_NUM_TENSORS float pointers in enum order */
+    for (int i = 0; i < VIT_NUM_TENSORS; i++) ptrs[i] = mem + t[i].offset;
+}
+
+int vit_init(Vit *m, const VitConfig *cfg) {
+    memset(m, 0, sizeof *m);
+    CS_TRY(vit_config_check(cfg));
+    m->cfg = *cfg;
+    m->num_params = vit_tensors(m->tensors, cfg);
+    CS_ALLOC(m->params_mem, m->num_params);
+    point(&m->params, m->params_mem, m->tensors);
+    return 0;
+}
+
+int vit_alloc_grads(Vit *m) {
+    if (!m->grads_mem) {
+        CS_ALLOC(m->grads_mem, m->num_params);
+        point(&m->grads, m->grads_mem, m->tensors);
+    }
+    return 0;
+}
+
+void vit_zero_grad(Vit *m) {
+    if (m->grads_mem) memset(m->grads_mem, 0, m->num_params * sizeof(float));
+}
+
+void vit_free(Vit *m) {
+    free(m->params_mem);
+    free(m->grads_mem);
+    free(m->acts_mem);
+    memset(m, 0, sizeof *m);
+}
+
+void vit_freeze_clipself(Vit *m) {
+    memset(m->frozen, 0, sizeof m->frozen);
+    static const int frozen[] = {VIT_CONV1_W, VIT_CLASS_EMB, VIT_POS_EMB, VIT_LN_POST_W,
+                                 VIT_LN_POST_B, VIT_PROJ};
+    for (size_t i = 0; i < sizeof frozen / sizeof frozen[0]; i++) m->frozen[frozen[i]] = 1;
+}
+
+/* splitmix64: a small deterministic generator, enough for test weights. */
+static unsigned long long next_u64(unsigned long long *s) {
+    unsigned long long z = (*s += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static float uniform(unsigned long long *s) { return (float)((next_u64(s) >> 40) * 0x1.0p-24); }
+
+void vit_init_random(Vit *m, unsigned long long seed) {
+    unsigned long long s = seed;
+    for (int i = 0; i < VIT_NUM_TENSORS; i++) {
+        const VitTensor *t = &m->tensors[i];
+        float *p = m->params_mem + t->offset;
+        int is_norm_w = i == VIT_LN_PRE_W || i == VIT_LN1_W || i == VIT_LN2_W ||
+                        i == VIT_LN_POST_W;
+        int fan_in = t->ndim >= 2 ? (int)(t->numel / (t->per_layer ? m->cfg.layers : 1) /
+                                          (size_t)t->shape[0])
+                                  : m->cfg.width;
+        float scale = 1.0f / sqrtf((float)fan_in);
+        if (i == VIT_PROJ) scale = 1.0f / sqrtf((float)m->cfg.width);
+        for (size_t j = 0; j < t->numel; j++) {
+            float u = 2.0f * uniform(&s) - 1.0f;
+            p[j] = is_norm_w ? 1.0f + 0.1f * u : (t->ndim == 1 ? 0.02f * u : scale * u);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+/* test_vit.c: the ViT against the PyTorch reference (tests/reference/vit_ref.py).
+ *
+ * For each fixture configuration (tiny: width 64, 2 layers, 64x96 input, resized positional
+ * embedding; b16: ViT-B/16 shape at 224x224): the dense map, RoIAlign features (1x1 and 2x3),
+ * mask pooling, the CLIPSelf loss and the gradient of every trained parameter; the image
+ * embedding and the gradient of every parameter with nothing frozen; the parameters after three
+ * AdamW steps on the warmup + cosine schedule; and (tiny) the Hugging Face copy of the weights
+ * giving bit-identical outputs. Tolerances are relative to each tensor's largest magnitude. */
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adamw.h"
+#include "check.h"
+#include "clipself.h"
+#include "ops.h"
+#include "safetensors.h"
+#include "testutil.h"
+#include "vit.h"
+
+static float absmax(const float *x, size_t n) {
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    return m;
+}
+
+/* got vs want with |d| <= rel * (|want| + max|want|) */
+static int close_scaled(const char *name, const float *got, const float *want, size_t n,
+                        float rel) {
+    return tu_close(name, got, want, n, rel, rel * absmax(want, n));
+}
+
+static int read_int_attr(hid_t f, const char *name) {
+    int v = 0;
+    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_INT, &v);
+    H5Aclose(a);
+    return v;
+}
+
+static double read_double_attr(hid_t obj, const char *name) {
+    double v = 0;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_DOUBLE, &v);
+    H5Aclose(a);
+    return v;
+}
+
+/* Compare every tensor of buf (laid out as m's parameters) with group/<name> datasets; only
+ * tensors that are not frozen when only_trainable. */
+static void compare_tensors(const char *tag, const Vit *m, const float *buf, hid_t f,
+                            const char *group, int only_trainable, float rel) {
+    for (int i = 0; i < VIT_NUM_TENSORS; i++) {
+        const VitTensor *t = &m->tensors[i];
+        if (only_trainable && m->frozen[i]) continue;
+        int L = t->per_layer ? m->cfg.layers : 1;
+        size_t per = t->numel / (size_t)L;
+        for (int l = 0; l < L; l++) {
+            char name[256], path[512], label[600];
+            snprintf(name, sizeof name, t->name, l);
+            snprintf(path, sizeof path, "%s/%s", group, name);
+            snprintf(label, sizeof label, "%s %s", tag, path);
+            size_t n;
+            float *want = tu_read(f, path, &n);
+            if (n != per) {
+                tu_check(0, label, "element count differs from the fixture");
+            } else {
+                close_scaled(label, buf + t->offset + (size_t)l * per, want, n, rel);
+            }
+            free(want);
+        }
+    }
+}
+
+/* Dense path, region features, loss and gradients; returns the loss. */
+static float dense_step(Vit *m, ClipselfLoss *cl, const float *img, const float *boxes,
+                        const float *teacher, int R, int B, int H, int W, float *ddense) {
+    CS_DIE_IF_FAIL(vit_prepare(m, VIT_DENSE, B, H, W, 1));
+    vit_forward(m, img);
+    float loss;
+    CS_DIE_IF_FAIL(clipself_loss_forward(cl, &loss, m->acts.out, boxes, teacher, R, B, m->gh,
+                                         m->gw, m->cfg.embed));
+    size_t nd = (size_t)B * m->gh * m->gw * m->cfg.embed;
+    memset(ddense, 0, nd * sizeof(float));
+    clipself_loss_backward(cl, ddense, 1.0f);
+    vit_zero_grad(m);
+    vit_backward(m, ddense, NULL);
+    return loss;
+}
+
+static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float adam_rel) {
+    char fx[256], path[1024];
+    snprintf(fx, sizeof fx, "%s.h5", cfgname);
+    hid_t f = tu_open_fixture(fx);
+    snprintf(fx, sizeof fx, "%s.openclip.safetensors", cfgname);
+    Vit m;
+    CS_DIE_IF_FAIL(vit_load_safetensors(&m, tu_fixture_path(fx, path, sizeof path), NULL));
+    CS_DIE_IF_FAIL(vit_alloc_grads(&m));
+    const VitConfig *c = &m.cfg;
+    char label[128];
+    snprintf(label, sizeof label, "%s config", cfgname);
+    tu_check(c->width == read_int_attr(f, "width") && c->layers == read_int_attr(f, "layers") &&
+                 c->heads == read_int_attr(f, "heads") && c->mlp == read_int_attr(f, "mlp") &&
+                 c->embed == read_int_attr(f, "embed") && c->patch == read_int_attr(f, "patch") &&
+                 c->grid == read_int_attr(f, "grid"),
+             label, "config read from the safetensors differs from the fixture's");
+
+    /* ---- dense path, regions, loss, gradients of the trained parameters ---- */
+    size_t n_img, n_boxes, n_teacher, n_masks;
+    hid_t ds = H5Dopen2(f, "/dense/image", H5P_DEFAULT);
+    hid_t sp = H5Dget_space(ds);
+    hsize_t dims[4];
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    H5Sclose(sp);
+    H5Dclose(ds);
+    int B = (int)dims[0], H = (int)dims[2], W = (int)dims[3], E = c->embed;
+    float *img = tu_read(f, "/dense/image", &n_img);
+    float *boxes = tu_read(f, "/dense/boxes", &n_boxes);
+    float *teacher = tu_read(f, "/dense/teacher", &n_teacher);
+    int R = (int)(n_boxes / 5);
+    vit_freeze_clipself(&m);
+    ClipselfLoss cl;
+    CS_DIE_IF_FAIL(clipself_loss_init(&cl, R, E));
+    int N = (H / c->patch) * (W / c->patch);
+    float *ddense = malloc((size_t)B * N * E * sizeof(float));
+    float loss = dense_step(&m, &cl, img, boxes, teacher, R, B, H, W, ddense);
+
+    float *want = tu_read(f, "/dense/out", NULL);
+    snprintf(label, sizeof label, "%s /dense/out", cfgname);
+    close_scaled(label, m.acts.out, want, (size_t)B * N * E, fwd_rel);
+    free(want);
+    want = tu_read(f, "/dense/rois", NULL);
+    snprintf(label, sizeof label, "%s /dense/rois", cfgname);
+    close_scaled(label, cl.rois, want, (size_t)R * E, fwd_rel);
+    free(want);
+    float *rois23 = malloc((size_t)R * 6 * E * sizeof(float));
+    roi_align_forward(rois23, m.acts.out, boxes, R, B, m.gh, m.gw, E, 2, 3, 1.0f, -1);
+    want = tu_read(f, "/dense/rois_2x3", NULL);
+    snprintf(label, sizeof label, "%s /dense/rois_2x3", cfgname);
+    close_scaled(label, rois23, want, (size_t)R * 6 * E, fwd_rel);
+    free(want);
+    free(rois23);
+
+    float *masks = tu_read(f, "/dense/masks", &n_masks);
+    int RM = (int)(n_masks / (size_t)N);
+    int *mb = malloc((size_t)RM * sizeof(int));
+    hid_t mds = H5Dopen2(f, "/dense/mask_batch", H5P_DEFAULT);
+    H5Dread(mds, H5T_NATIVE_INT, H5S_ALL, H5S_ALL, H5P_DEFAULT, mb);
+    H5Dclose(mds);
+    float *pooled = malloc((size_t)RM * E * sizeof(float)), *pn = malloc((size_t)RM * E * 4);
+    float *pnorm = malloc((size_t)RM * sizeof(float));
+    maskpool_forward(pooled, m.acts.out, masks, mb, RM, B, N, E);
+    l2norm_forward(pn, pnorm, pooled, RM, E);
+    want = tu_read(f, "/dense/maskpool", NULL);
+    snprintf(label, sizeof label, "%s /dense/maskpool", cfgname);
+    close_scaled(label, pn, want, (size_t)RM * E, fwd_rel);
+    free(want);
+
+    want = tu_read(f, "/dense/loss", NULL);
+    snprintf(label, sizeof label, "%s /dense/loss", cfgname);
+    tu_close(label, &loss, want, 1, fwd_rel, 0.0f);
+    free(want);
+    snprintf(label, sizeof label, "%s dense", cfgname);
+    compare_tensors(label, &m, m.grads_mem, f, "/dense/grad", 1, grad_rel);
+
+    /* ---- Hugging Face names load to the same model: identical dense map ---- */
+    snprintf(fx, sizeof fx, "%s.hf.safetensors", cfgname);
+    FILE *probe = fopen(tu_fixture_path(fx, path, sizeof path), "rb");
+    if (probe) {
+        fclose(probe);
+        Vit hf;
+        CS_DIE_IF_FAIL(vit_load_safetensors(&hf, path, NULL));
+        CS_DIE_IF_FAIL(vit_prepare(&hf, VIT_DENSE, B, H, W, 0));
+        vit_forward(&hf, img);
+        snprintf(label, sizeof label, "%s HF-named weights give the identical dense map", cfgname);
+        tu_check(memcmp(hf.acts.out, m.acts.out, (size_t)B * N * E * sizeof(float)) == 0, label,
+                 "outputs differ");
+        vit_free(&hf);
+    }
+
+    /* ---- image embedding, gradients of every parameter ---- */
+    memset(m.frozen, 0, sizeof m.frozen);
+    ds = H5Dopen2(f, "/image/image", H5P_DEFAULT);
+    sp = H5Dget_space(ds);
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    H5Sclose(sp);
+    H5Dclose(ds);
+    int BI = (int)dims[0];
+    float *iimg = tu_read(f, "/image/image", NULL);
+    float *iw = tu_read(f, "/image/weight", NULL);
+    CS_DIE_IF_FAIL(vit_prepare(&m, VIT_IMAGE, BI, (int)dims[2], (int)dims[3], 1));
+    vit_forward(&m, iimg);
+    want = tu_read(f, "/image/out", NULL);
+    snprintf(label, sizeof label, "%s /image/out", cfgname);
+    close_scaled(label, m.acts.out, want, (size_t)BI * E, fwd_rel);
+    free(want);
+    vit_zero_grad(&m);
+    vit_backward(&m, iw, NULL);
+    snprintf(label, sizeof label, "%s image", cfgname);
+    compare_tensors(label, &m, m.grads_mem, f, "/image/grad", 0, grad_rel);
+
+    /* ---- three AdamW steps on the schedule, from the checkpoint's weights ---- */
+    vit_free(&m);
+    snprintf(fx, sizeof fx, "%s.openclip.safetensors", cfgname);
+    CS_DIE_IF_FAIL(vit_load_safetensors(&m, tu_fixture_path(fx, path, sizeof path), NULL));
+    CS_DIE_IF_FAIL(vit_alloc_grads(&m));
+    vit_freeze_clipself(&m);
+    hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
+    AdamWConfig ac = {.lr = (float)read_double_attr(ga, "lr"),
+                      .beta1 = (float)read_double_attr(ga, "beta1"),
+                      .beta2 = (float)read_double_attr(ga, "beta2"),
+                      .eps = (float)read_double_attr(ga, "eps"),
+                      .weight_decay = (float)read_double_attr(ga, "weight_decay")};
+    long warmup = (long)read_double_attr(ga, "warmup");
+    long total = (long)read_double_attr(ga, "total_steps");
+    long steps = (long)read_double_attr(ga, "steps");
+    H5Gclose(ga);
+    AdamW opt;
+    CS_DIE_IF_FAIL(adamw_init(&opt, &ac, m.num_params));
+    for (long s = 0; s < steps; s++) {
+        dense_step(&m, &cl, img, boxes, teacher, R, B, H, W, ddense);
+        adamw_step(&opt, &m, (float)lr_at_step(ac.lr, warmup, total, s));
+    }
+    snprintf(label, sizeof label, "%s adamw", cfgname);
+    compare_tensors(label, &m, m.params_mem, f, "/adamw/param", 0, adam_rel);
+
+    adamw_free(&opt);
+    clipself_loss_free(&cl);
+    vit_free(&m);
+    free(img), free(boxes), free(teacher), free(masks), free(mb), free(pooled), free(pn);
+    free(pnorm), free(ddense), free(iimg), free(iw);
+    H5Fclose(f);
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    /* tolerances: forward, gradients, parameters after AdamW (relative to each tensor's max) */
+    run_config("tiny", 1e-5f, 1e-4f, 1e-5f);
+    run_config("b16", 1e-4f, 1e-3f, 1e-4f);
+    return tu_finish(argv[0]);
+}

@@ -1,0 +1,103 @@
+/* testutil.h: what every test program shares: comparison with a named tolerance that records
+ * failures, reading fixture tensors written by tests/reference/vit_ref.py, and the closing
+ * "N passed, N failed" line. A test program exits non-zero if any check failed. */
+#ifndef CLIPSELF_TESTUTIL_H
+#define CLIPSELF_TESTUTIL_H
+
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+
+static int tu_passed, tu_failed;
+
+/* Record one named check. */
+static inline void tu_check(int ok, const char *name, const char *detail) {
+    if (ok) {
+        tu_passed++;
+    } else {
+        tu_failed++;
+        fprintf(stderr, "FAIL %s: %s\n", name, detail ? detail : "");
+    }
+}
+
+/* Compare got with want elementwise: |got - want| <= atol + rtol * |want|. Reports the largest
+ * absolute and relative difference and where it is. Returns 1 if within tolerance. */
+static inline int tu_close(const char *name, const float *got, const float *want, size_t n,
+                           float rtol, float atol) {
+    size_t worst = 0, bad = 0;
+    double worst_excess = -1.0, max_abs = 0.0, max_rel = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        double lim = atol + rtol * fabs((double)want[i]);
+        if (!(d <= lim)) bad++; /* also catches NaN */
+        if (d > max_abs || d != d) max_abs = d;
+        double rel = d / (fabs((double)want[i]) + 1e-30);
+        if (fabs((double)want[i]) > atol && rel > max_rel) max_rel = rel;
+        if (d - lim > worst_excess || d != d) {
+            worst_excess = d - lim;
+            worst = i;
+        }
+    }
+    char detail[512];
+    snprintf(detail, sizeof detail,
+             "%zu of %zu elements out of tolerance (rtol %.1e, atol %.1e); max abs diff %.3e, "
+             "max rel diff %.3e; worst at [%zu]: got %.8g want %.8g",
+             bad, n, rtol, atol, max_abs, max_rel, worst, n ? got[worst] : 0.0,
+             n ? want[worst] : 0.0);
+    tu_check(bad == 0, name, detail);
+    if (getenv("TEST_VERBOSE") && bad == 0)
+        printf("  ok %-60s max abs %.2e max rel %.2e\n", name, max_abs, max_rel);
+    return bad == 0;
+}
+
+/* Read a float dataset (any stored float type, converted) into a new buffer; *n gets the
+ * element count. Exits with the file and dataset name if it is missing. */
+static inline float *tu_read(hid_t file, const char *path, size_t *n) {
+    if (H5Lexists(file, path, H5P_DEFAULT) <= 0) {
+        fprintf(stderr, "fixture dataset %s is missing\n", path);
+        exit(1);
+    }
+    hid_t ds = H5Dopen2(file, path, H5P_DEFAULT);
+    hid_t sp = H5Dget_space(ds);
+    hssize_t cnt = H5Sget_simple_extent_npoints(sp);
+    float *buf = malloc(((size_t)cnt ? (size_t)cnt : 1) * sizeof(float));
+    if (!buf || H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
+        fprintf(stderr, "cannot read fixture dataset %s\n", path);
+        exit(1);
+    }
+    H5Sclose(sp);
+    H5Dclose(ds);
+    if (n) *n = (size_t)cnt;
+    return buf;
+}
+
+static inline hid_t tu_open_fixture(const char *name) {
+    const char *dir = getenv("FIXTURES");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir ? dir : "build/fixtures", name);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) {
+        fprintf(stderr, "cannot open fixture %s\n---> HINT: run make test (it runs "
+                        "tests/reference/vit_ref.py with /usr/bin/python3 first)\n", path);
+        exit(1);
+    }
+    return f;
+}
+
+static inline const char *tu_fixture_path(const char *name, char *buf, size_t len) {
+    const char *dir = getenv("FIXTURES");
+    snprintf(buf, len, "%s/%s", dir ? dir : "build/fixtures", name);
+    return buf;
+}
+
+/* Print the closing line and return the exit status for main. */
+static inline int tu_finish(const char *program) {
+    printf("%s: %d passed, %d failed\n", program, tu_passed, tu_failed);
+    return tu_failed ? 1 : 0;
+}
+
+#endif
