@@ -84,8 +84,9 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB)
 
 # ---- fixtures from the PyTorch reference --------------------------------------------------
 FIXTURES := build/fixtures
-$(FIXTURES)/.done: tests/reference/vit_ref.py
+$(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/ops_ref.py
 	@mkdir -p $(FIXTURES)
+	$(PYTHON) tests/reference/ops_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/vit_ref.py --out $(FIXTURES)
 	@touch $@
 
@@ -105,10 +106,8 @@ demo: deps
 	$(MAKE) all
 	scripts/demo $(BUILD)
 
-bench: all
-	@$(BENCH)
-	@if [ "$(HAVE_TORCH)" = yes ]; then $(PYTHON) tests/reference/bench_torch.py; \
-	 else echo "PyTorch not installed: no PyTorch comparison"; fi
+bench: $(BENCH)
+	@PYTHON=$(PYTHON) NO_TORCH=$(NO_TORCH) scripts/bench $(BENCH) $(BUILD)/bench.txt
 
 clean:
 	rm -rf build build-san

@@ -2,17 +2,15 @@
  * Y = X.W^T + b with its backward (dW += dY^T.X, dX += dY.W) written once on top of it. */
 #include <blis.h>
 #include <omp.h>
-#include <stdlib.h>
 
 #include "ops.h"
 
 static int threads_override;
 
 int cs_num_threads(void) {
-    if (threads_override > 0) return threads_override;
-    const char *env = getenv("OMP_NUM_THREADS");
-    int n = env ? atoi(env) : 0;
-    return n > 0 ? n : omp_get_num_procs();
+    /* The OpenMP team size (OMP_NUM_THREADS, else the cores): per-thread scratch is sized by
+     * it, so it must be what omp_get_thread_num() ranges over. */
+    return threads_override > 0 ? threads_override : omp_get_max_threads();
 }
 
 void cs_set_num_threads(int n) {

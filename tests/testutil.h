@@ -82,7 +82,7 @@ static inline hid_t tu_open_fixture(const char *name) {
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) {
         fprintf(stderr, "cannot open fixture %s\n---> HINT: run make test (it runs "
-                        "tests/reference/vit_ref.py with /usr/bin/python3 first)\n", path);
+                        "tests/reference/{ops,vit}_ref.py with /usr/bin/python3 first)\n", path);
         exit(1);
     }
     return f;
