@@ -49,9 +49,13 @@ static double read_double_attr(hid_t obj, const char *name) {
 }
 
 /* Compare every tensor of buf (laid out as m's parameters) with group/<name> datasets; only
- * tensors that are not frozen when only_trainable. */
+ * tensors that are not frozen when only_trainable. Tolerance: rel * (|want| + max|want|) + atol.
+ * kbias_atol > 0 compares the key rows of in_proj_bias with that absolute tolerance instead:
+ * their true gradient is zero (softmax ignores a shift shared by all keys), so what backprop
+ * gives there is rounding noise, and Adam scales noise up to steps of about lr. */
 static void compare_tensors(const char *tag, const Vit *m, const float *buf, hid_t f,
-                            const char *group, int only_trainable, float rel) {
+                            const char *group, int only_trainable, float rel, float atol,
+                            float kbias_atol) {
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         const VitTensor *t = &m->tensors[i];
         if (only_trainable && m->frozen[i]) continue;
@@ -64,10 +68,19 @@ static void compare_tensors(const char *tag, const Vit *m, const float *buf, hid
             snprintf(label, sizeof label, "%s %s", tag, path);
             size_t n;
             float *want = tu_read(f, path, &n);
+            const float *got = buf + t->offset + (size_t)l * per;
+            int C = m->cfg.width;
             if (n != per) {
                 tu_check(0, label, "element count differs from the fixture");
+            } else if (i == VIT_QKV_B && kbias_atol > 0) {
+                char kl[640];
+                snprintf(kl, sizeof kl, "%s (key rows, zero true gradient)", label);
+                tu_close(kl, got + C, want + C, (size_t)C, 0.0f, kbias_atol);
+                tu_close(label, got, want, (size_t)C, rel, rel * absmax(want, n) + atol);
+                tu_close(label, got + 2 * C, want + 2 * C, (size_t)C, rel,
+                         rel * absmax(want, n) + atol);
             } else {
-                close_scaled(label, buf + t->offset + (size_t)l * per, want, n, rel);
+                tu_close(label, got, want, n, rel, rel * absmax(want, n) + atol);
             }
             free(want);
         }
@@ -163,7 +176,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     tu_close(label, &loss, want, 1, fwd_rel, 0.0f);
     free(want);
     snprintf(label, sizeof label, "%s dense", cfgname);
-    compare_tensors(label, &m, m.grads_mem, f, "/dense/grad", 1, grad_rel);
+    compare_tensors(label, &m, m.grads_mem, f, "/dense/grad", 1, grad_rel, 0.0f, 0.0f);
 
     /* ---- Hugging Face names load to the same model: identical dense map ---- */
     snprintf(fx, sizeof fx, "%s.hf.safetensors", cfgname);
@@ -199,7 +212,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     vit_zero_grad(&m);
     vit_backward(&m, iw, NULL);
     snprintf(label, sizeof label, "%s image", cfgname);
-    compare_tensors(label, &m, m.grads_mem, f, "/image/grad", 0, grad_rel);
+    compare_tensors(label, &m, m.grads_mem, f, "/image/grad", 0, grad_rel, 0.0f, 0.0f);
 
     /* ---- three AdamW steps on the schedule, from the checkpoint's weights ---- */
     vit_free(&m);
@@ -224,7 +237,12 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
         adamw_step(&opt, &m, (float)lr_at_step(ac.lr, warmup, total, s));
     }
     snprintf(label, sizeof label, "%s adamw", cfgname);
-    compare_tensors(label, &m, m.params_mem, f, "/adamw/param", 0, adam_rel);
+    /* Adam normalises each gradient element by its own running scale, so elements whose
+     * gradient is near rounding level move by up to ~lr in either implementation: 5% of the
+     * largest step is allowed on top of the relative tolerance, the key bias up to 1.1 lr per
+     * step. The AdamW arithmetic itself is checked exactly by adamw_exact. */
+    compare_tensors(label, &m, m.params_mem, f, "/adamw/param", 0, adam_rel, 0.05f * ac.lr,
+                    1.1f * ac.lr * (float)steps);
 
     adamw_free(&opt);
     clipself_loss_free(&cl);
@@ -234,8 +252,60 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     H5Fclose(f);
 }
 
+/* One AdamW step from the reference's own gradients (tiny /dense/grad; frozen tensors get none)
+ * must give the reference's parameters to float rounding: this isolates the optimiser's
+ * arithmetic (decoupled decay, bias corrections, which tensors decay) from the model. Also
+ * checks the schedule against /adamw/lrs. */
+static void adamw_exact(void) {
+    hid_t f = tu_open_fixture("tiny.h5");
+    char path[1024];
+    Vit m;
+    CS_DIE_IF_FAIL(vit_load_safetensors(&m, tu_fixture_path("tiny.openclip.safetensors", path,
+                                                            sizeof path), NULL));
+    CS_DIE_IF_FAIL(vit_alloc_grads(&m));
+    vit_freeze_clipself(&m);
+    for (int i = 0; i < VIT_NUM_TENSORS; i++) {
+        const VitTensor *t = &m.tensors[i];
+        if (m.frozen[i]) continue;
+        int L = t->per_layer ? m.cfg.layers : 1;
+        size_t per = t->numel / (size_t)L;
+        for (int l = 0; l < L; l++) {
+            char name[256], p[512];
+            snprintf(name, sizeof name, t->name, l);
+            snprintf(p, sizeof p, "/dense/grad/%s", name);
+            float *g = tu_read(f, p, NULL);
+            memcpy(m.grads_mem + t->offset + (size_t)l * per, g, per * sizeof(float));
+            free(g);
+        }
+    }
+    hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
+    AdamWConfig ac = {.lr = (float)read_double_attr(ga, "lr"),
+                      .beta1 = (float)read_double_attr(ga, "beta1"),
+                      .beta2 = (float)read_double_attr(ga, "beta2"),
+                      .eps = (float)read_double_attr(ga, "eps"),
+                      .weight_decay = (float)read_double_attr(ga, "weight_decay")};
+    long warmup = (long)read_double_attr(ga, "warmup");
+    long total = (long)read_double_attr(ga, "total_steps");
+    H5Gclose(ga);
+    size_t nl;
+    float *lrs = tu_read(f, "/adamw/lrs", &nl);
+    float *mine = malloc(nl * sizeof(float));
+    for (size_t s = 0; s < nl; s++) mine[s] = (float)lr_at_step(ac.lr, warmup, total, (long)s);
+    tu_close("schedule: learning rate per step", mine, lrs, nl, 1e-7f, 0.0f);
+    AdamW opt;
+    CS_DIE_IF_FAIL(adamw_init(&opt, &ac, m.num_params));
+    adamw_step(&opt, &m, mine[0]);
+    compare_tensors("tiny adamw one step from the reference gradients", &m, m.params_mem, f,
+                    "/adamw/step1", 1, 1e-6f, 0.0f, 0.0f);
+    free(lrs), free(mine);
+    adamw_free(&opt);
+    vit_free(&m);
+    H5Fclose(f);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
+    adamw_exact();
     /* tolerances: forward, gradients, parameters after AdamW (relative to each tensor's max) */
     run_config("tiny", 1e-5f, 1e-4f, 1e-5f);
     run_config("b16", 1e-4f, 1e-3f, 1e-4f);
