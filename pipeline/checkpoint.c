@@ -16,6 +16,7 @@
 
 #include "check.h"
 #include "ops.h"
+#include "safetensors.h"
 
 static const char *act_names[] = {[ACT_QUICKGELU] = "quickgelu", [ACT_GELU] = "gelu"};
 
@@ -339,4 +340,10 @@ int vit_load_h5(Vit *m, const char *path, VitOptState *opt) {
         }
     }
     return rc;
+}
+
+int vit_load(Vit *m, const char *path, const VitConfig *hint) {
+    size_t n = strlen(path), k = strlen(".safetensors");
+    if (n >= k && !strcmp(path + n - k, ".safetensors")) return vit_load_safetensors(m, path, hint);
+    return vit_load_h5(m, path, NULL);
 }

@@ -30,4 +30,8 @@ int vit_save_h5(const Vit *m, const char *path, const VitOptState *opt);
  * (num_params floats each, the caller frees them) and opt->step is set. */
 int vit_load_h5(Vit *m, const char *path, VitOptState *opt);
 
+/* Load a model from either format, chosen by the file name: ".safetensors" (open_clip or
+ * Hugging Face names, see safetensors.h; hint may be NULL) or anything else as HDF5. */
+int vit_load(Vit *m, const char *path, const VitConfig *hint);
+
 #endif
