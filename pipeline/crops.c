@@ -73,9 +73,3 @@ int crops_for_image(CropRow *out, int32_t image, int64_t image_id, int w, int h,
     }
     return count;
 }
-
-uint64_t fnv1a64(uint64_t h, const void *data, size_t n) {
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}

@@ -5,7 +5,6 @@
 #ifndef CLIPSELF_CROPS_H
 #define CLIPSELF_CROPS_H
 
-#include <stddef.h>
 #include <stdint.h>
 
 #define CROPS_MAX_LAYOUTS 256
@@ -28,8 +27,5 @@ int crops_for_image(CropRow *out, int32_t image, int64_t image_id, int w, int h,
 
 /* torch.linspace(0, 1, steps)[i] in float32, as the reference builds its cell edges. */
 float linspace01(int i, int steps);
-
-/* 64-bit FNV-1a, to fingerprint tables and files. Pass 0xcbf29ce484222325 to start. */
-uint64_t fnv1a64(uint64_t h, const void *data, size_t n);
 
 #endif

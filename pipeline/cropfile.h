@@ -1,0 +1,42 @@
+/* cropfile.h: crops.h5, the crop-sampling stage's output: the training image table and every
+ * epoch's grid crops, rows sorted by (image, epoch), with an index to find an image's rows.
+ *
+ *   /images/id (N) int64, /images/file_name (N) string, /images/width, /images/height (N) int32
+ *   /crops/image (R) int32, /crops/epoch (R) int32, /crops/layout (R, 2) int32 [m, n],
+ *   /crops/box (R, 4) float32 [x0, y0, x1, y1] in original pixels
+ *   /index/first (N, epochs) int64 first row, /index/count (N, epochs) int32
+ *   attributes: format, dataset, seed, epochs, max_split, max_boxes, digest (hex of a 64-bit
+ *   FNV-1a over the tables: the identity the teacher cache records) */
+#ifndef CLIPSELF_CROPFILE_H
+#define CLIPSELF_CROPFILE_H
+
+#include <stdint.h>
+
+#include "crops.h"
+
+#define CROPFILE_FORMAT "clipself-crops-1"
+
+typedef struct {
+    char dataset[64];
+    uint64_t seed;
+    int epochs, max_split, max_boxes;
+    int num_images;
+    int64_t *image_id;    /* (N) */
+    char **file_name;     /* (N) pointers into names_mem (reader) or the caller's strings */
+    char *names_mem;      /* the reader's copy of every file name, or NULL */
+    int32_t *width, *height; /* (N) annotation sizes in pixels */
+    long num_rows;
+    CropRow *rows;        /* (R) sorted by image, then epoch */
+    int64_t *first;       /* (N, epochs) */
+    int32_t *count;       /* (N, epochs) */
+    uint64_t digest;
+} CropFile;
+
+/* Fill first/count from rows and compute the digest. */
+int cropfile_index(CropFile *cf);
+/* Write atomically (temporary name, then rename). */
+int cropfile_write(const CropFile *cf, const char *path);
+int cropfile_read(CropFile *cf, const char *path);
+void cropfile_free(CropFile *cf);
+
+#endif

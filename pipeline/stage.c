@@ -1,0 +1,47 @@
+/* stage.c: MPI start-up, option parsing and fatal errors for the stages. */
+#include "stage.h"
+
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+
+void stage_begin(Stage *s, const char *name, int *argc, char ***argv) {
+    MPI_Init(argc, argv);
+    s->name = name;
+    MPI_Comm_rank(MPI_COMM_WORLD, &s->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &s->size);
+}
+
+int stage_options(Stage *s, int argc, char **argv, const char *synopsis, const CliOpt *opts,
+                  int nopts) {
+    if (s->rank != 0)
+        for (int a = 1; a < argc; a++)
+            if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) return 1;
+    int rc = cli_parse(argc, argv, synopsis, opts, nopts);
+    if (rc < 0) {
+        if (s->rank == 0) fprintf(stderr, "%s: %s\n", s->name, cs_error());
+        MPI_Finalize();
+        exit(2);
+    }
+    return rc;
+}
+
+void stage_die(const Stage *s, const char *hint) {
+    fprintf(stderr, "%s: rank %d: error: %s\n", s->name, s->rank, cs_error());
+    if (hint) fprintf(stderr, "---> HINT: %s\n", hint);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    exit(1);
+}
+
+void stage_check(const Stage *s, int rc, const char *hint) {
+    if (rc != 0) stage_die(s, hint);
+}
+
+void stage_end(Stage *s) {
+    (void)s;
+    MPI_Finalize();
+}

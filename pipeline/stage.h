@@ -1,0 +1,24 @@
+/* stage.h: what every MPI stage's main does the same way: MPI start and stop, options with
+ * --help printed once, errors printed with the rank and a hint, then MPI_Abort. */
+#ifndef CLIPSELF_STAGE_H
+#define CLIPSELF_STAGE_H
+
+#include "cli.h"
+
+typedef struct {
+    const char *name;
+    int rank, size;
+} Stage;
+
+void stage_begin(Stage *s, const char *name, int *argc, char ***argv);
+/* Parse options (help text printed by rank 0 only). Returns 1 when the stage should end
+ * quietly (--help); on a bad option prints the error on rank 0 and exits. */
+int stage_options(Stage *s, int argc, char **argv, const char *synopsis, const CliOpt *opts,
+                  int nopts);
+/* Print "NAME: rank R: <cs_error()>" and the hint (if any), then abort every rank. */
+void stage_die(const Stage *s, const char *hint) __attribute__((noreturn));
+/* Die unless rc == 0. */
+void stage_check(const Stage *s, int rc, const char *hint);
+void stage_end(Stage *s);
+
+#endif
