@@ -1,0 +1,67 @@
+/* teachercache.h: teacher.h5, the teacher's embedding of every crop row of crops.h5, computed
+ * once and read by every training run.
+ *
+ *   /embeddings (R, E) float32 or float16, row r = crop row r of the crops file (not normalised)
+ *   /valid (R) uint8: 0 where the image could not be used (its rows are zero)
+ *   /skipped/image (K) int32, /skipped/reason (K) string: the images left out, and why
+ *   attributes: format, teacher_digest (FNV-1a of the checkpoint file), crops_digest (the
+ *   crops file's digest), input_size, embed
+ *
+ * It is built from chunk files (a fixed block of images each, written atomically by whichever
+ * rank or array task computed it), so a killed job loses at most the chunks in flight, and a
+ * final join writes the whole file with parallel HDF5 under a temporary name, then renames. */
+#ifndef CLIPSELF_TEACHERCACHE_H
+#define CLIPSELF_TEACHERCACHE_H
+
+#include <hdf5.h>
+#include <mpi.h>
+#include <stdint.h>
+
+#define TEACHER_FORMAT "clipself-teacher-1"
+
+/* What a cache (or chunk) must have been made from. */
+typedef struct {
+    uint64_t teacher_digest, crops_digest;
+    int input_size, embed;
+} CacheIdentity;
+
+/* One chunk: rows [first_row, first_row + num_rows) of the crop table. */
+typedef struct {
+    long first_row, num_rows;
+    int embed;
+    float *emb;          /* (num_rows, embed) */
+    uint8_t *valid;      /* (num_rows) */
+    int num_skipped;
+    int32_t *skip_image; /* (num_skipped) */
+    char **skip_reason;  /* (num_skipped) */
+} CacheChunk;
+
+int cache_chunk_write(const char *path, const CacheChunk *c, const CacheIdentity *id);
+/* 0 if path is a complete chunk of these rows made from id; -1 (with the reason) if not. */
+int cache_chunk_check(const char *path, const CacheIdentity *id, long first_row, long num_rows);
+int cache_chunk_read(CacheChunk *c, const char *path);
+void cache_chunk_free(CacheChunk *c);
+
+/* Collective over comm: join the chunk files (chunk c holds rows [first[c], first[c+1])) into
+ * out, fp16 or fp32. Every chunk must be complete and match id; the caller checked that. Rank
+ * r copies chunks r, r + size, ...; rank 0 adds the skipped table and renames. */
+int cache_join(const char *out, char **chunk_paths, const long *first, int num_chunks,
+               const CacheIdentity *id, int fp16, MPI_Comm comm);
+
+typedef struct {
+    hid_t file, emb, valid;
+    long rows;
+    int embed;
+    int num_skipped;
+    char path[4096];
+} TeacherCache;
+
+/* Open for reading; refuses a cache made from other crops (crops_digest) or, when
+ * teacher_digest is not 0, another teacher. */
+int teacher_cache_open(TeacherCache *tc, const char *path, uint64_t crops_digest,
+                       uint64_t teacher_digest);
+/* Rows [first, first + count): emb (count, embed) as float, valid (count). */
+int teacher_cache_read(TeacherCache *tc, long first, int count, float *emb, uint8_t *valid);
+void teacher_cache_close(TeacherCache *tc);
+
+#endif
