@@ -10,6 +10,8 @@
 # NO_TORCH=1 skips the PyTorch reference (its tests then fail: they need the fixtures).
 
 SAN ?= 0
+V ?= 0
+Q := $(if $(filter 1,$(V)),,@)
 BUILD := $(if $(filter 1,$(SAN)),build-san,build)
 PYTHON ?= /usr/bin/python3
 MPIRUN ?= mpirun
@@ -68,26 +70,33 @@ all: $(LIB) $(STAGES) $(TESTS) $(BENCH)
 
 $(BUILD)/obj/%.o: pipeline/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)ar rcs $@ $^
 
 $(BUILD)/bin/%: stages/%.c $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDFLAGS) $(LDLIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests $< -o $@ $(LIB) $(LDFLAGS) $(LDLIBS)
+	@$(if $(Q),echo "  LINK    $@")
+	$(Q)$(CC) $(CFLAGS) -Itests $< -o $@ $(LIB) $(LDFLAGS) $(LDLIBS)
 
 # ---- fixtures from the PyTorch reference --------------------------------------------------
 FIXTURES := build/fixtures
-$(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/ops_ref.py
+SHARED ?= $(CURDIR)/../shared
+$(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/ops_ref.py tests/reference/coco_ref.py tests/reference/image_ref.py
 	@mkdir -p $(FIXTURES)
 	$(PYTHON) tests/reference/ops_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/vit_ref.py --out $(FIXTURES)
+	$(PYTHON) tests/reference/coco_ref.py --out $(FIXTURES)
+	$(PYTHON) tests/reference/image_ref.py --out $(FIXTURES) --data $(SHARED)/data
 	@touch $@
 
 # ---- tests -------------------------------------------------------------------------------

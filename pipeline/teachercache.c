@@ -378,6 +378,15 @@ int teacher_cache_read(TeacherCache *tc, long first, int count, float *emb, uint
     return 0;
 }
 
+int teacher_cache_valid(TeacherCache *tc, uint8_t *valid) {
+    H5Quiet q;
+    h5u_quiet_begin(&q);
+    herr_t r = H5Dread(tc->valid, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, valid);
+    h5u_quiet_end(&q);
+    H5_CHECK(r >= 0, "%s: cannot read the valid column", tc->path);
+    return 0;
+}
+
 void teacher_cache_close(TeacherCache *tc) {
     if (tc->emb >= 0) H5Dclose(tc->emb);
     if (tc->valid >= 0) H5Dclose(tc->valid);

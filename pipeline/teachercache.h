@@ -62,6 +62,8 @@ int teacher_cache_open(TeacherCache *tc, const char *path, uint64_t crops_digest
                        uint64_t teacher_digest);
 /* Rows [first, first + count): emb (count, embed) as float, valid (count). */
 int teacher_cache_read(TeacherCache *tc, long first, int count, float *emb, uint8_t *valid);
+/* The whole valid column: valid (rows). */
+int teacher_cache_valid(TeacherCache *tc, uint8_t *valid);
 void teacher_cache_close(TeacherCache *tc);
 
 #endif

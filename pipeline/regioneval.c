@@ -1,0 +1,202 @@
+/* regioneval.c: per-image region classification and the mAcc metric (see regioneval.h). */
+#include "regioneval.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "ops.h"
+
+const char *const eval_method_names[EVAL_METHODS] = {"rois", "crops", "maskpool"};
+
+#define MAX_SEGMENTS 100 /* the reference evaluates at most the first 100 segments */
+
+int region_counts_init(RegionCounts *rc, int num_classes) {
+    memset(rc, 0, sizeof *rc);
+    rc->num_classes = num_classes;
+    CS_ALLOC(rc->count, num_classes);
+    CS_ALLOC(rc->top1, (size_t)EVAL_METHODS * num_classes);
+    CS_ALLOC(rc->top5, (size_t)EVAL_METHODS * num_classes);
+    return 0;
+}
+
+void region_counts_free(RegionCounts *rc) {
+    free(rc->count), free(rc->top1), free(rc->top5);
+    memset(rc, 0, sizeof *rc);
+}
+
+int regioneval_init(RegionEval *re, Vit *model, const ClassEmbeddings *classes,
+                    const CocoCategories *cats, int det, int crop, int batch) {
+    memset(re, 0, sizeof *re);
+    const VitConfig *c = &model->cfg;
+    CS_CHECK(det % c->patch == 0 && crop % c->patch == 0, "det size %d and crop size %d must be "
+             "multiples of the patch %d", det, crop, c->patch);
+    CS_CHECK(classes->embed == c->embed, "class embeddings have %d dimensions, the model %d",
+             classes->embed, c->embed);
+    CS_CHECK(classes->num >= 5, "top-5 accuracy needs at least 5 classes, there are %d",
+             classes->num);
+    re->model = model, re->classes = classes, re->cats = cats;
+    re->det = det, re->crop = crop, re->batch = batch > 0 ? batch : 1;
+    re->max_segments = MAX_SEGMENTS;
+    int g = det / c->patch, N = g * g, E = c->embed;
+    CS_ALLOC(re->full, (size_t)3 * det * det);
+    CS_ALLOC(re->crops, (size_t)re->batch * 3 * crop * crop);
+    CS_ALLOC(re->dense, (size_t)N * E);
+    CS_ALLOC(re->feat, (size_t)MAX_SEGMENTS * E);
+    CS_ALLOC(re->norm, MAX_SEGMENTS);
+    CS_ALLOC(re->boxes, (size_t)MAX_SEGMENTS * 5);
+    CS_ALLOC(re->masks, (size_t)MAX_SEGMENTS * N);
+    CS_ALLOC(re->mask_grid, N);
+    CS_ALLOC(re->seg, MAX_SEGMENTS);
+    return 0;
+}
+
+void regioneval_free(RegionEval *re) {
+    free(re->full), free(re->crops), free(re->dense), free(re->feat), free(re->norm);
+    free(re->boxes), free(re->masks), free(re->mask_full), free(re->mask_grid), free(re->seg);
+    image_work_free(&re->ws);
+    memset(re, 0, sizeof *re);
+}
+
+/* Python's round() of a non-negative double: half to even. */
+static int round_half_even(double x) {
+    double f = floor(x), d = x - f;
+    if (d > 0.5 || (d == 0.5 && fmod(f, 2.0) != 0.0)) f += 1.0;
+    return (int)f;
+}
+
+/* Classify feat (R, E) (normalised) and add to the tallies of method. */
+static void classify(RegionEval *re, RegionCounts *rc, int method, int R, const int *labels) {
+    const ClassEmbeddings *ce = re->classes;
+    int K = ce->num;
+    float *logits = malloc((size_t)K * sizeof(float));
+    for (int r = 0; r < R; r++) {
+        const float *f = re->feat + (size_t)r * ce->embed;
+        for (int k = 0; k < K; k++) {
+            const float *e = ce->emb + (size_t)k * ce->embed;
+            float s = 0.0f;
+            for (int j = 0; j < ce->embed; j++) s += f[j] * e[j];
+            logits[k] = s;
+        }
+        /* rank of the true class: classes scoring higher (ties: lower index first) */
+        int y = labels[r], above = 0;
+        for (int k = 0; k < K; k++)
+            above += logits[k] > logits[y] || (logits[k] == logits[y] && k < y);
+        rc->top1[(size_t)method * K + y] += above == 0;
+        rc->top5[(size_t)method * K + y] += above < 5;
+    }
+    free(logits);
+}
+
+int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const uint32_t *ids,
+                     const CocoPanopticImage *pi, int *used) {
+    Vit *m = re->model;
+    const VitConfig *c = &m->cfg;
+    int W = im->w, H = im->h, g = re->det / c->patch, N = g * g, E = c->embed;
+    CS_CHECK(W == pi->width && H == pi->height, "image %s is %dx%d, its annotation says %dx%d",
+             pi->file_name, W, H, pi->width, pi->height);
+    /* the student's dense map of the full image */
+    CS_TRY(preprocess_full(re->full, im, re->det, &re->ws));
+    CS_TRY(vit_prepare(m, VIT_DENSE, 1, re->det, re->det, 0));
+    vit_forward(m, re->full);
+    memcpy(re->dense, m->acts.out, (size_t)N * E * sizeof(float));
+    double scale = (double)re->det / (double)(W > H ? W : H);
+    /* the mask grid: ResizeLongest(det / patch) of the full-size mask, padded right/bottom */
+    double ms = (double)g / (double)(W > H ? W : H);
+    int mh = round_half_even(H * ms), mw = round_half_even(W * ms);
+    if ((size_t)W * H > re->mask_cap) {
+        free(re->mask_full);
+        re->mask_cap = 0;
+        CS_ALLOC(re->mask_full, (size_t)W * H);
+        re->mask_cap = (size_t)W * H;
+    }
+    int R = 0, labels[MAX_SEGMENTS];
+    for (int s = 0; s < pi->num_segments && s < re->max_segments; s++) {
+        const CocoSegment *sg = &pi->segments[s];
+        int thing = re->cats->cats[sg->category].isthing;
+        double x, y, w, h, cb[4];
+        int x0 = W, y0 = H, x1 = -1, y1 = -1;
+        for (int py = 0; py < H; py++)
+            for (int px = 0; px < W; px++) {
+                int in = ids[(size_t)py * W + px] == sg->id;
+                re->mask_full[(size_t)py * W + px] = (float)in;
+                if (in) {
+                    x0 = px < x0 ? px : x0, x1 = px > x1 ? px : x1;
+                    y0 = py < y0 ? py : y0, y1 = py > y1 ? py : y1;
+                }
+            }
+        if (thing) {
+            x = sg->bbox[0], y = sg->bbox[1], w = sg->bbox[2], h = sg->bbox[3];
+            double cx = x + w * 0.5, cy = y + h * 0.5;
+            cb[0] = fmax(cx - w * 0.75, 0), cb[1] = fmax(cy - h * 0.75, 0);
+            cb[2] = fmin(cx + w * 0.75, W), cb[3] = fmin(cy + h * 0.75, H);
+        } else {
+            if (x1 < 0) continue; /* the segment has no pixel in the PNG: nothing to box */
+            x = x0, y = y0, w = x1 - x0, h = y1 - y0;
+            cb[0] = x0, cb[1] = y0, cb[2] = x1, cb[3] = y1;
+        }
+        if (w * h < 8.0 * 8.0 || w * h > 1024.0 * 1024.0) continue;
+        /* region box in token-grid coordinates, in the reference's float32 order */
+        float bx[4] = {(float)x, (float)y, (float)(x + w), (float)(y + h)};
+        float *b = re->boxes + (size_t)R * 5;
+        b[0] = 0.0f;
+        for (int q = 0; q < 4; q++) b[1 + q] = bx[q] * (float)scale / (float)re->det * (float)g;
+        for (int q = 0; q < 4; q++) re->crop_box[R][q] = (float)cb[q];
+        /* mask on the token grid: bicubic to (mh, mw), zero padding, > 0 */
+        bicubic_resize(re->mask_grid, re->mask_full, H, W, mh, mw, 1);
+        float *mk = re->masks + (size_t)R * N;
+        for (int gy = 0; gy < g; gy++)
+            for (int gx = 0; gx < g; gx++)
+                mk[gy * g + gx] = gy < mh && gx < mw && re->mask_grid[gy * mw + gx] > 0.0f;
+        labels[R] = sg->category;
+        re->seg[R] = s;
+        R++;
+    }
+    *used = R;
+    if (R == 0) return 0;
+    for (int r = 0; r < R; r++) rc->count[labels[r]]++;
+    /* rois */
+    roi_align_forward(re->feat, re->dense, re->boxes, R, 1, g, g, E, 1, 1, 1.0f, -1);
+    l2norm_forward(re->feat, re->norm, re->feat, R, E);
+    classify(re, rc, EVAL_ROIS, R, labels);
+    /* maskpool */
+    int zeros[MAX_SEGMENTS] = {0};
+    maskpool_forward(re->feat, re->dense, re->masks, zeros, R, 1, N, E);
+    l2norm_forward(re->feat, re->norm, re->feat, R, E);
+    classify(re, rc, EVAL_MASKPOOL, R, labels);
+    /* crops, batched through the same model's image embedding */
+    int cs = re->crop;
+    for (int r0 = 0; r0 < R; r0 += re->batch) {
+        int nb = R - r0 < re->batch ? R - r0 : re->batch;
+        for (int k = 0; k < nb; k++)
+            CS_TRY(preprocess_crop(re->crops + (size_t)k * 3 * cs * cs, im, re->crop_box[r0 + k],
+                                   cs, &re->ws));
+        CS_TRY(vit_prepare(m, VIT_IMAGE, nb, cs, cs, 0));
+        vit_forward(m, re->crops);
+        memcpy(re->feat + (size_t)r0 * E, m->acts.out, (size_t)nb * E * sizeof(float));
+    }
+    l2norm_forward(re->feat, re->norm, re->feat, R, E);
+    classify(re, rc, EVAL_CROPS, R, labels);
+    return 0;
+}
+
+void region_macc(const RegionCounts *rc, const CocoCategories *cats,
+                 double macc[EVAL_METHODS][2][2]) {
+    int K = rc->num_classes;
+    for (int mth = 0; mth < EVAL_METHODS; mth++)
+        for (int st = 0; st < 2; st++)
+            for (int t = 0; t < 2; t++) {
+                const long *hits = (t ? rc->top5 : rc->top1) + (size_t)mth * K;
+                double sum = 0.0;
+                int n = 0;
+                for (int k = 0; k < K; k++) {
+                    if (rc->count[k] == 0 || (cats->cats[k].isthing ? 0 : 1) != st) continue;
+                    /* float32 mean, then .half().item() as the reference does */
+                    float acc = (float)hits[k] / (float)rc->count[k];
+                    sum += (double)(float)(_Float16)acc;
+                    n++;
+                }
+                macc[mth][st][t] = n ? sum / n : NAN;
+            }
+}

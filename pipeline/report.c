@@ -1,0 +1,106 @@
+/* report.c: results JSON through yajl's generator, the markdown table, atomic writes. */
+#include "report.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <yajl/yajl_gen.h>
+
+#include "check.h"
+#include "h5util.h"
+
+static int write_atomic(const char *path, const void *data, size_t n) {
+    char tmp[4096];
+    CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
+    FILE *f = fopen(tmp, "wb");
+    CS_CHECK(f, "cannot create %s: %s", tmp, strerror(errno));
+    size_t w = fwrite(data, 1, n, f);
+    int bad = fclose(f) != 0 || w != n;
+    if (bad) {
+        unlink(tmp);
+        CS_FAIL("cannot write %s", tmp);
+    }
+    return h5u_commit(tmp, path);
+}
+
+int report_write_text(const char *path, const char *text) {
+    return write_atomic(path, text, strlen(text));
+}
+
+#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
+
+int report_write_json(const char *path, const ReportInfo *info, const RegionCounts *rc,
+                      const CocoCategories *cats, double macc[EVAL_METHODS][2][2]) {
+    yajl_gen g = yajl_gen_alloc(NULL);
+    CS_CHECK(g, "out of memory");
+    yajl_gen_config(g, yajl_gen_beautify, 1);
+    yajl_gen_map_open(g);
+    GS(g, "model"), GS(g, info->model ? info->model : "");
+    GS(g, "dataset"), GS(g, info->dataset ? info->dataset : "");
+    GS(g, "images"), yajl_gen_integer(g, info->images);
+    GS(g, "images_skipped"), yajl_gen_integer(g, info->images_skipped);
+    GS(g, "segments"), yajl_gen_integer(g, info->segments);
+    GS(g, "seconds"), yajl_gen_double(g, info->seconds);
+    GS(g, "metrics");
+    yajl_gen_map_open(g);
+    static const char *kind[2] = {"thing", "stuff"};
+    for (int m = 0; m < EVAL_METHODS; m++)
+        for (int s = 0; s < 2; s++)
+            for (int t = 0; t < 2; t++) {
+                char key[64];
+                snprintf(key, sizeof key, "%s.%s.macc%d", eval_method_names[m], kind[s], t ? 5 : 1);
+                GS(g, key);
+                if (isnan(macc[m][s][t])) yajl_gen_null(g);
+                else yajl_gen_double(g, macc[m][s][t]);
+            }
+    yajl_gen_map_close(g);
+    GS(g, "per_class");
+    yajl_gen_array_open(g);
+    for (int k = 0; k < rc->num_classes; k++) {
+        yajl_gen_map_open(g);
+        GS(g, "category_id"), yajl_gen_integer(g, cats->cats[k].id);
+        GS(g, "name"), GS(g, cats->cats[k].name);
+        GS(g, "isthing"), yajl_gen_integer(g, cats->cats[k].isthing);
+        GS(g, "samples"), yajl_gen_integer(g, rc->count[k]);
+        for (int m = 0; m < EVAL_METHODS; m++) {
+            char key[32];
+            snprintf(key, sizeof key, "%s_top1", eval_method_names[m]);
+            GS(g, key), yajl_gen_integer(g, rc->top1[(size_t)m * rc->num_classes + k]);
+            snprintf(key, sizeof key, "%s_top5", eval_method_names[m]);
+            GS(g, key), yajl_gen_integer(g, rc->top5[(size_t)m * rc->num_classes + k]);
+        }
+        yajl_gen_map_close(g);
+    }
+    yajl_gen_array_close(g);
+    yajl_gen_map_close(g);
+    const unsigned char *buf;
+    size_t len;
+    int rc2 = yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok ? 0 : -1;
+    if (!rc2) rc2 = write_atomic(path, buf, len);
+    else cs_error_set(__FILE__, __LINE__, "cannot generate the JSON for %s", path);
+    yajl_gen_free(g);
+    return rc2;
+}
+
+int report_markdown(char *buf, size_t len, const ReportInfo *info,
+                    double macc[EVAL_METHODS][2][2]) {
+    size_t n = 0;
+    n += (size_t)snprintf(buf + n, len - n,
+                          "Region recognition, %s on %s (%d images, %d segments; mAcc %%)\n\n"
+                          "| method | thing top-1 | thing top-5 | stuff top-1 | stuff top-5 |\n"
+                          "|---|---:|---:|---:|---:|\n",
+                          info->model, info->dataset, info->images, info->segments);
+    for (int m = 0; m < EVAL_METHODS && n < len; m++) {
+        n += (size_t)snprintf(buf + n, len - n, "| %s |", eval_method_names[m]);
+        for (int s = 0; s < 2 && n < len; s++)
+            for (int t = 0; t < 2 && n < len; t++) {
+                if (isnan(macc[m][s][t])) n += (size_t)snprintf(buf + n, len - n, " - |");
+                else n += (size_t)snprintf(buf + n, len - n, " %.2f |", 100.0 * macc[m][s][t]);
+            }
+        if (n < len) n += (size_t)snprintf(buf + n, len - n, "\n");
+    }
+    CS_CHECK(n < len, "report buffer too small");
+    return 0;
+}

@@ -1,0 +1,120 @@
+/* evaluate: region recognition on a COCO panoptic dataset (pipeline/regioneval.h): rois,
+ * crops and maskpool, thing and stuff, Top-1/Top-5 mAcc. Images are split over ranks and the
+ * per-class tallies summed; rank 0 writes the results JSON and a markdown table. */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "checkpoint.h"
+#include "classes.h"
+#include "coco.h"
+#include "datasets.h"
+#include "image.h"
+#include "progress.h"
+#include "regioneval.h"
+#include "report.h"
+#include "stage.h"
+#include "vit.h"
+
+int main(int argc, char **argv) {
+    Stage st;
+    stage_begin(&st, "evaluate", &argc, &argv);
+    const char *cfg = "datasets.cfg", *name = NULL, *model_path = NULL, *out = NULL;
+    const char *classes_path = NULL;
+    int det = 1024, crop = 0, batch = 16, max_images = 0;
+    CliOpt opts[] = {
+        {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
+        {"datasets", CLI_STRING, &cfg, "dataset registry"},
+        {"model", CLI_STRING, &model_path, "checkpoint to evaluate, .h5 or .safetensors (required)"},
+        {"classes", CLI_STRING, &classes_path, "class-embedding file (default: the dataset's)"},
+        {"out", CLI_STRING, &out, "results JSON to write; the table goes to <out>.md (required)"},
+        {"det-size", CLI_INT, &det, "full-image input side (longest side resized, padded)"},
+        {"crop-size", CLI_INT, &crop, "crop input side (0: the model's native size)"},
+        {"batch", CLI_INT, &batch, "crops per forward pass"},
+        {"max-images", CLI_INT, &max_images, "evaluate only the first N images (0: all)"},
+    };
+    if (stage_options(&st, argc, argv,
+                      "CLIPSelf evaluation: classify every annotated segment (at most 100 per "
+                      "image) of the dataset's panoptic annotations by its RoIAlign feature, its "
+                      "crop's image embedding and its mask-pooled feature; report mean per-class "
+                      "Top-1/Top-5 accuracy for things and stuff (JSON and markdown).",
+                      opts, (int)(sizeof opts / sizeof opts[0]))) {
+        stage_end(&st);
+        return 0;
+    }
+    if (!name || !model_path || !out) {
+        cs_error_set(__FILE__, __LINE__, "--dataset, --model and --out are required");
+        stage_die(&st, "see --help");
+    }
+    Dataset ds;
+    stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
+    CocoPanoptic pan;
+    stage_check(&st, coco_read_panoptic(&pan, ds.panoptic), NULL);
+    ClassEmbeddings ce;
+    stage_check(&st, classes_read(&ce, classes_path ? classes_path : ds.classes, &pan.categories),
+                "class embeddings come from embed_text or pretrain_teacher");
+    Vit model;
+    stage_check(&st, vit_load(&model, model_path, NULL), NULL);
+    if (crop <= 0) crop = model.cfg.grid * model.cfg.patch;
+    RegionEval re;
+    stage_check(&st, regioneval_init(&re, &model, &ce, &pan.categories, det, crop, batch), NULL);
+    RegionCounts rc;
+    stage_check(&st, region_counts_init(&rc, ce.num), NULL);
+    int n = max_images > 0 && max_images < pan.num_images ? max_images : pan.num_images;
+    Image im = {0};
+    uint32_t *ids = NULL;
+    int stats[3] = {0, 0, 0}; /* images, skipped, segments */
+    Progress prog;
+    progress_init(&prog, "evaluate", "img", n, st.rank == 0);
+    double t0 = now_seconds();
+    for (int i = st.rank; i < n; i += st.size) {
+        const CocoPanopticImage *pi = &pan.images[i];
+        char ipath[4096], ppath[4096];
+        int w = 0, h = 0, used = 0;
+        free(ids);
+        ids = NULL;
+        int rc_img = coco_image_path(ipath, sizeof ipath, ds.eval_images, pi->file_name);
+        if (!rc_img) rc_img = coco_image_path(ppath, sizeof ppath, ds.panoptic_png, pi->png_name);
+        if (!rc_img) rc_img = image_read_jpeg(&im, ipath);
+        if (!rc_img) rc_img = image_read_panoptic_png(&ids, &w, &h, ppath);
+        if (!rc_img && (w != im.w || h != im.h))
+            rc_img = cs_error_set(__FILE__, __LINE__, "%s is %dx%d but its image is %dx%d", ppath,
+                                  w, h, im.w, im.h);
+        if (!rc_img) rc_img = regioneval_image(&re, &rc, &im, ids, pi, &used);
+        if (rc_img) {
+            fprintf(stderr, "evaluate: skipping image %lld: %s\n", (long long)pi->id, cs_error());
+            stats[1]++;
+        } else {
+            stats[0]++;
+            stats[2] += used;
+        }
+        progress_update(&prog, (long)(i / st.size + 1) * st.size);
+    }
+    MPI_Allreduce(MPI_IN_PLACE, stats, 3, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, rc.count, ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, rc.top1, EVAL_METHODS * ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, rc.top5, EVAL_METHODS * ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    if (st.rank == 0) {
+        double macc[EVAL_METHODS][2][2];
+        region_macc(&rc, &pan.categories, macc);
+        ReportInfo info = {model_path, name, stats[0], stats[1], stats[2], now_seconds() - t0};
+        stage_check(&st, report_write_json(out, &info, &rc, &pan.categories, macc), NULL);
+        char table[4096], md[4200];
+        stage_check(&st, report_markdown(table, sizeof table, &info, macc), NULL);
+        snprintf(md, sizeof md, "%s.md", out);
+        stage_check(&st, report_write_text(md, table), NULL);
+        printf("%s\nevaluate: %d images (%d skipped), %d segments in %.1f s; wrote %s and %s\n",
+               table, stats[0], stats[1], stats[2], info.seconds, out, md);
+    }
+    free(ids);
+    image_free(&im);
+    region_counts_free(&rc);
+    regioneval_free(&re);
+    vit_free(&model);
+    classes_free(&ce);
+    coco_panoptic_free(&pan);
+    stage_end(&st);
+    return 0;
+}

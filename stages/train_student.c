@@ -1,0 +1,326 @@
+/* train_student: CLIPSelf training, data-parallel over MPI ranks.
+ *
+ * Every step takes a global batch of --batch images per rank: each rank runs the student's v2
+ * dense path on its own images at --det-size, pools each crop box of the current epoch with
+ * RoIAlign, and scores it against the cached teacher embedding of that crop
+ * (1 - mean cosine over the global batch's boxes). Gradients are summed over ranks, then every
+ * rank takes the same AdamW step, so the replicas stay identical. After each epoch the model
+ * saved is alpha * student + (1 - alpha) * teacher; training goes on from the student.
+ * Checkpoints (parameters, AdamW moments, step) are written atomically every --save-every
+ * steps and on SIGTERM/SIGUSR1; --resume continues from the newest one, bit-identically. */
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "adamw.h"
+#include "check.h"
+#include "checkpoint.h"
+#include "clipself.h"
+#include "coco.h"
+#include "cropfile.h"
+#include "datasets.h"
+#include "digest.h"
+#include "image.h"
+#include "progress.h"
+#include "stage.h"
+#include "teachercache.h"
+#include "vit.h"
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+/* splitmix64 keyed shuffle of the usable images for an epoch: a function of (seed, epoch). */
+static void epoch_order(int *order, const int *usable, int n, unsigned long long seed, int epoch) {
+    unsigned long long s = seed * 0x9E3779B97F4A7C15ULL + (unsigned long long)epoch + 1;
+    for (int i = 0; i < n; i++) order[i] = usable[i];
+    for (int i = n - 1; i > 0; i--) {
+        unsigned long long z = (s += 0x9E3779B97F4A7C15ULL);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        int j = (int)(z % (unsigned long long)(i + 1)), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+}
+
+/* The newest step_*.h5 in dir, or -1. */
+static long newest_checkpoint(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    long best = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long s;
+        char tail[8];
+        if (sscanf(e->d_name, "step_%ld.%7s", &s, tail) == 2 && !strcmp(tail, "h5") && s > best)
+            best = s;
+    }
+    closedir(d);
+    return best;
+}
+
+/* out = alpha * a + (1 - alpha) * b over the flat buffers */
+static void ensemble(float *out, const float *a, const float *b, size_t n, float alpha) {
+    for (size_t i = 0; i < n; i++) out[i] = alpha * a[i] + (1.0f - alpha) * b[i];
+}
+
+int main(int argc, char **argv) {
+    Stage st;
+    stage_begin(&st, "train_student", &argc, &argv);
+    const char *cfg = "datasets.cfg", *name = NULL, *crops = NULL, *cache = NULL, *init = NULL;
+    const char *run = NULL;
+    int epochs = 0, batch = 2, warmup = 1000, det = 1024, save_every = 1000, resume = 0;
+    int seed = 0, max_steps = 0;
+    float lr = 1e-5f, wd = 0.1f, alpha = 0.7f;
+    CliOpt opts[] = {
+        {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
+        {"datasets", CLI_STRING, &cfg, "dataset registry"},
+        {"crops", CLI_STRING, &crops, "crops file from sample_crops (required)"},
+        {"cache", CLI_STRING, &cache, "teacher cache from embed_teacher (required)"},
+        {"init", CLI_STRING, &init, "teacher checkpoint: the student's start and the ensemble's "
+                                    "other half (required; must be the cache's teacher)"},
+        {"run-dir", CLI_STRING, &run, "folder for checkpoints, epoch models and the log (required)"},
+        {"epochs", CLI_INT, &epochs, "epochs to train (0: every epoch of the crops file)"},
+        {"batch", CLI_INT, &batch, "images per rank per step"},
+        {"lr", CLI_FLOAT, &lr, "peak learning rate"},
+        {"wd", CLI_FLOAT, &wd, "AdamW weight decay (not on biases, norms, 1-D tensors)"},
+        {"warmup", CLI_INT, &warmup, "linear warmup steps, then cosine decay to 0"},
+        {"det-size", CLI_INT, &det, "student input side: longest image side resized to it, "
+                                    "padded right/bottom (multiple of the patch)"},
+        {"alpha", CLI_FLOAT, &alpha, "epoch model = alpha * student + (1 - alpha) * teacher"},
+        {"save-every", CLI_INT, &save_every, "checkpoint every N steps (and at the end)"},
+        {"resume", CLI_FLAG, &resume, "continue from the newest checkpoint in the run folder"},
+        {"seed", CLI_INT, &seed, "seed of the image order"},
+        {"max-steps", CLI_INT, &max_steps, "stop (with a checkpoint) after this global step"},
+    };
+    if (stage_options(&st, argc, argv,
+                      "CLIPSelf student training (data-parallel over MPI ranks): the student's "
+                      "RoIAlign-pooled dense features of each crop are pulled towards the cached "
+                      "teacher embedding of the crop. Writes <run-dir>/step_N.h5 checkpoints, "
+                      "epoch_E.h5 ensembled models, student.h5 (the last epoch's) and train_log.csv.",
+                      opts, (int)(sizeof opts / sizeof opts[0]))) {
+        stage_end(&st);
+        return 0;
+    }
+    if (!name || !crops || !cache || !init || !run) {
+        cs_error_set(__FILE__, __LINE__, "--dataset, --crops, --cache, --init and --run-dir are "
+                     "required");
+        stage_die(&st, "see --help");
+    }
+    signal(SIGTERM, on_signal);
+    signal(SIGUSR1, on_signal);
+    Dataset ds;
+    stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
+    CropFile cf;
+    stage_check(&st, cropfile_read(&cf, crops), "run sample_crops first");
+    if (epochs <= 0) epochs = cf.epochs;
+    if (epochs > cf.epochs || batch < 1 || det < 1 || save_every < 1) {
+        cs_error_set(__FILE__, __LINE__, "need 1 <= epochs <= %d (the crops file's), batch >= 1, "
+                     "det-size >= 1, save-every >= 1", cf.epochs);
+        stage_die(&st, NULL);
+    }
+    uint64_t tdig = 0;
+    if (st.rank == 0) stage_check(&st, file_digest(&tdig, init), NULL);
+    MPI_Bcast(&tdig, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    TeacherCache tc;
+    stage_check(&st, teacher_cache_open(&tc, cache, cf.digest, tdig),
+                "the cache must be embed_teacher's output for these crops and this --init");
+    Vit student, teacher;
+    stage_check(&st, vit_load(&student, init, NULL), NULL);
+    stage_check(&st, vit_load(&teacher, init, NULL), NULL);
+    const VitConfig *c = &student.cfg;
+    if (det % c->patch || tc.embed != c->embed) {
+        cs_error_set(__FILE__, __LINE__, "det-size %d must be a multiple of the patch %d, and the "
+                     "cache's embeddings (%d) must match the model's (%d)", det, c->patch,
+                     tc.embed, c->embed);
+        stage_die(&st, NULL);
+    }
+    stage_check(&st, vit_alloc_grads(&student), NULL);
+    vit_freeze_clipself(&student);
+    AdamWConfig ac = {lr, 0.9f, 0.999f, 1e-8f, wd};
+    AdamW opt;
+    stage_check(&st, adamw_init(&opt, &ac, student.num_params), NULL);
+
+    /* images usable for training: the teacher cache has their rows */
+    uint8_t *valid = malloc((size_t)(tc.rows ? tc.rows : 1));
+    int *usable = malloc((size_t)(cf.num_images ? cf.num_images : 1) * sizeof(int)), nusable = 0;
+    if (tc.rows != cf.num_rows) {
+        cs_error_set(__FILE__, __LINE__, "%s has %ld rows for %ld crops", cache, tc.rows,
+                     cf.num_rows);
+        stage_die(&st, NULL);
+    }
+    stage_check(&st, teacher_cache_valid(&tc, valid), NULL);
+    for (int i = 0; i < cf.num_images; i++) {
+        long r = cf.first[(size_t)i * cf.epochs];
+        if (r >= 0 && valid[r]) usable[nusable++] = i;
+    }
+    int G = batch * st.size;
+    long per_epoch = nusable / G, total = per_epoch * epochs;
+    if (per_epoch < 1) {
+        cs_error_set(__FILE__, __LINE__, "%d usable images cannot fill one global batch of %d",
+                     nusable, G);
+        stage_die(&st, "use fewer ranks or a smaller --batch");
+    }
+    char path[4096];
+    if (st.rank == 0 && mkdir(run, 0777) != 0 && errno != EEXIST) {
+        cs_error_set(__FILE__, __LINE__, "cannot create %s: %s", run, strerror(errno));
+        stage_die(&st, NULL);
+    }
+    long step = 0;
+    if (resume) {
+        long newest = newest_checkpoint(run);
+        if (newest >= 0) {
+            Vit back;
+            VitOptState os;
+            snprintf(path, sizeof path, "%s/step_%08ld.h5", run, newest);
+            stage_check(&st, vit_load_h5(&back, path, &os), NULL);
+            if (back.num_params != student.num_params) {
+                cs_error_set(__FILE__, __LINE__, "%s is not a checkpoint of this model", path);
+                stage_die(&st, NULL);
+            }
+            memcpy(student.params_mem, back.params_mem, student.num_params * sizeof(float));
+            memcpy(opt.m, os.m, student.num_params * sizeof(float));
+            memcpy(opt.v, os.v, student.num_params * sizeof(float));
+            opt.step = step = os.step;
+            free(os.m), free(os.v);
+            vit_free(&back);
+            if (st.rank == 0) printf("train_student: resumed from %s (step %ld)\n", path, step);
+        }
+    }
+    int N = (det / c->patch) * (det / c->patch), E = c->embed, S = det;
+    size_t maxbox = (size_t)batch * cf.max_boxes;
+    float *imgs = malloc((size_t)batch * 3 * S * S * sizeof(float));
+    float *boxes = malloc(maxbox * 5 * sizeof(float)), *target = malloc(maxbox * E * sizeof(float));
+    float *ddense = malloc((size_t)batch * N * E * sizeof(float));
+    int *order = malloc((size_t)nusable * sizeof(int));
+    uint8_t *vrow = malloc(maxbox);
+    ClipselfLoss cl;
+    stage_check(&st, clipself_loss_init(&cl, (int)maxbox, E), NULL);
+    Image im = {0};
+    ImageWork ws = {0};
+    FILE *log = NULL;
+    if (st.rank == 0) {
+        snprintf(path, sizeof path, "%s/train_log.csv", run);
+        log = fopen(path, step ? "a" : "w");
+        if (log && !step) fprintf(log, "step,epoch,loss,lr,images_per_s\n");
+        printf("train_student: %d usable images, %d ranks x %d images, %ld steps per epoch, %d "
+               "epochs, %ld steps; det %d, %d boxes max per image\n",
+               nusable, st.size, batch, per_epoch, epochs, total, det, cf.max_boxes);
+    }
+    Progress prog;
+    progress_init(&prog, "train_student", "steps", total, st.rank == 0);
+    double t0 = now_seconds();
+    long steps_here = 0;
+    int last_epoch = -1;
+    while (step < total) {
+        int epoch = (int)(step / per_epoch);
+        if (epoch != last_epoch) epoch_order(order, usable, nusable, (unsigned long long)seed, epoch);
+        last_epoch = epoch;
+        long s_in = step % per_epoch;
+        /* this rank's images and their crop boxes (token-grid coordinates) and targets */
+        int R = 0;
+        for (int k = 0; k < batch; k++) {
+            int i = order[s_in * G + st.rank * batch + k];
+            char ipath[4096];
+            stage_check(&st, coco_image_path(ipath, sizeof ipath, ds.images, cf.file_name[i]), NULL);
+            stage_check(&st, image_read_jpeg(&im, ipath), "the image decoded when the cache was made");
+            stage_check(&st, preprocess_full(imgs + (size_t)k * 3 * S * S, &im, S, &ws), NULL);
+            float scale = (float)S / (float)(im.w > im.h ? im.w : im.h) / (float)c->patch;
+            long r0 = cf.first[(size_t)i * cf.epochs + epoch];
+            int n = cf.count[(size_t)i * cf.epochs + epoch];
+            stage_check(&st, teacher_cache_read(&tc, r0, n, target + (size_t)R * E, vrow), NULL);
+            for (int j = 0; j < n; j++) {
+                const float *b = cf.rows[r0 + j].box;
+                float *o = boxes + (size_t)(R + j) * 5;
+                o[0] = (float)k;
+                for (int q = 0; q < 4; q++) o[1 + q] = b[q] * scale;
+            }
+            R += n;
+        }
+        /* the loss is a mean over the global batch's boxes: scale this rank's share */
+        int Rg = R;
+        MPI_Allreduce(MPI_IN_PLACE, &Rg, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+        stage_check(&st, vit_prepare(&student, VIT_DENSE, batch, S, S, 1), NULL);
+        vit_forward(&student, imgs);
+        float loss_local;
+        stage_check(&st, clipself_loss_forward(&cl, &loss_local, student.acts.out, boxes, target,
+                                               R, batch, det / c->patch, det / c->patch, E), NULL);
+        double cos_sum = (1.0 - (double)loss_local) * R;
+        MPI_Allreduce(MPI_IN_PLACE, &cos_sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+        memset(ddense, 0, (size_t)batch * N * E * sizeof(float));
+        clipself_loss_backward(&cl, ddense, (float)R / (float)Rg);
+        vit_zero_grad(&student);
+        vit_backward(&student, ddense, NULL);
+        for (int t = 0; t < VIT_NUM_TENSORS; t++) {
+            if (student.frozen[t]) continue;
+            const VitTensor *vt = &student.tensors[t];
+            MPI_Allreduce(MPI_IN_PLACE, student.grads_mem + vt->offset, (int)vt->numel, MPI_FLOAT,
+                          MPI_SUM, MPI_COMM_WORLD);
+        }
+        double lr_now = lr_at_step(lr, warmup, total, step);
+        adamw_step(&opt, &student, (float)lr_now);
+        step++, steps_here++;
+        double loss = 1.0 - cos_sum / Rg, rate = steps_here * G / (now_seconds() - t0);
+        if (log) {
+            fprintf(log, "%ld,%d,%.7f,%.6e,%.3f\n", step, epoch, loss, lr_now, rate);
+            fflush(log);
+        }
+        if (st.rank == 0 && (step % 10 == 0 || step == total))
+            printf("step %ld/%ld epoch %d loss %.5f lr %.3e %.2f img/s\n", step, total, epoch,
+                   loss, lr_now, rate);
+        progress_update(&prog, step);
+        int stop = stop_requested || (max_steps > 0 && step >= max_steps);
+        MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        int epoch_end = step % per_epoch == 0;
+        if (st.rank == 0 && (step % save_every == 0 || step == total || stop)) {
+            VitOptState os = {step, opt.m, opt.v};
+            snprintf(path, sizeof path, "%s/step_%08ld.h5", run, step);
+            stage_check(&st, vit_save_h5(&student, path, &os), NULL);
+        }
+        if (st.rank == 0 && epoch_end) {
+            Vit out;
+            stage_check(&st, vit_init(&out, c), NULL);
+            ensemble(out.params_mem, student.params_mem, teacher.params_mem, student.num_params,
+                     alpha);
+            snprintf(path, sizeof path, "%s/epoch_%d.h5", run, epoch + 1);
+            stage_check(&st, vit_save_h5(&out, path, NULL), NULL);
+            if (step == total) {
+                snprintf(path, sizeof path, "%s/student.h5", run);
+                stage_check(&st, vit_save_h5(&out, path, NULL), NULL);
+            }
+            vit_free(&out);
+            printf("train_student: epoch %d done, ensembled model %s/epoch_%d.h5\n", epoch + 1,
+                   run, epoch + 1);
+        }
+        if (stop && step < total) {
+            if (st.rank == 0)
+                printf("train_student: stopping at step %ld (%s); continue with --resume\n", step,
+                       stop_requested ? "signal" : "--max-steps");
+            break;
+        }
+    }
+    progress_done(&prog, step);
+    if (log) fclose(log);
+    free(valid), free(usable), free(imgs), free(boxes), free(target), free(ddense);
+    free(order), free(vrow);
+    clipself_loss_free(&cl);
+    image_free(&im);
+    image_work_free(&ws);
+    adamw_free(&opt);
+    vit_free(&student);
+    vit_free(&teacher);
+    teacher_cache_close(&tc);
+    cropfile_free(&cf);
+    stage_end(&st);
+    return 0;
+}
