@@ -64,6 +64,7 @@ STAGE_SRC := $(wildcard stages/*.c)
 STAGES := $(patsubst stages/%.c,$(BUILD)/bin/%,$(STAGE_SRC))
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+TEST_SCRIPTS := $(wildcard tests/test_*.sh)
 BENCH := $(BUILD)/tests/bench
 
 all: $(LIB) $(STAGES) $(TESTS) $(BENCH)
@@ -109,7 +110,8 @@ check: deps
 	$(MAKE) WERROR=1 SAN=1 test
 
 test: all $(FIXTURES)/.done
-	@FIXTURES=$(FIXTURES) scripts/run-tests $(BUILD) $(TESTS)
+	@FIXTURES=$(FIXTURES) SHARED=$(SHARED) BUILD=$(BUILD) PYTHON=$(PYTHON) \
+	  scripts/run-tests $(BUILD) $(TESTS) $(TEST_SCRIPTS)
 
 demo: deps
 	$(MAKE) all

@@ -322,8 +322,7 @@ int cache_join(const char *out, char **chunk_paths, const long *first, int num_c
 
 /* ---- reading ----------------------------------------------------------------------------- */
 
-int teacher_cache_open(TeacherCache *tc, const char *path, uint64_t crops_digest,
-                       uint64_t teacher_digest) {
+int teacher_cache_open(TeacherCache *tc, const char *path, const CacheIdentity *id) {
     memset(tc, 0, sizeof *tc);
     tc->file = tc->emb = tc->valid = -1;
     snprintf(tc->path, sizeof tc->path, "%s", path);
@@ -334,8 +333,7 @@ int teacher_cache_open(TeacherCache *tc, const char *path, uint64_t crops_digest
     tc->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (tc->file < 0) rc = h5u_fail(__FILE__, __LINE__, "%s is not a readable HDF5 file "
                                     "(truncated?)", path);
-    CacheIdentity id = {teacher_digest, crops_digest, 0, 0};
-    if (!rc) rc = check_identity(tc->file, &id, path);
+    if (!rc) rc = check_identity(tc->file, id, path);
     if (!rc) rc = h5u_read_attr(tc->file, "embed", H5T_NATIVE_INT, &tc->embed, path);
     if (!rc) {
         tc->emb = H5Dopen2(tc->file, "embeddings", H5P_DEFAULT);

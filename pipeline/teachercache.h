@@ -56,10 +56,9 @@ typedef struct {
     char path[4096];
 } TeacherCache;
 
-/* Open for reading; refuses a cache made from other crops (crops_digest) or, when
- * teacher_digest is not 0, another teacher. */
-int teacher_cache_open(TeacherCache *tc, const char *path, uint64_t crops_digest,
-                       uint64_t teacher_digest);
+/* Open for reading; refuses a cache made from other inputs than id says (fields that are 0
+ * in id, other than crops_digest, are not compared). */
+int teacher_cache_open(TeacherCache *tc, const char *path, const CacheIdentity *id);
 /* Rows [first, first + count): emb (count, embed) as float, valid (count). */
 int teacher_cache_read(TeacherCache *tc, long first, int count, float *emb, uint8_t *valid);
 /* The whole valid column: valid (rows). */

@@ -159,7 +159,7 @@ int main(int argc, char **argv) {
     /* an existing cache: done if it is this one, refused if it is another */
     if (access(out, F_OK) == 0) {
         TeacherCache tc;
-        int rc = teacher_cache_open(&tc, out, cf.digest, tdig);
+        int rc = teacher_cache_open(&tc, out, &id);
         if (rc == 0) {
             teacher_cache_close(&tc);
             if (st.rank == 0) printf("embed_teacher: %s is complete and matches: nothing to do\n", out);

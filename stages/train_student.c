@@ -133,7 +133,8 @@ int main(int argc, char **argv) {
     if (st.rank == 0) stage_check(&st, file_digest(&tdig, init), NULL);
     MPI_Bcast(&tdig, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
     TeacherCache tc;
-    stage_check(&st, teacher_cache_open(&tc, cache, cf.digest, tdig),
+    CacheIdentity id = {tdig, cf.digest, 0, 0};
+    stage_check(&st, teacher_cache_open(&tc, cache, &id),
                 "the cache must be embed_teacher's output for these crops and this --init");
     Vit student, teacher;
     stage_check(&st, vit_load(&student, init, NULL), NULL);
