@@ -43,6 +43,18 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
     GS(g, "images_skipped"), yajl_gen_integer(g, info->images_skipped);
     GS(g, "segments"), yajl_gen_integer(g, info->segments);
     GS(g, "seconds"), yajl_gen_double(g, info->seconds);
+    GS(g, "skipped");
+    yajl_gen_array_open(g);
+    for (const char *l = info->skipped; l && *l;) {
+        const char *tab = strchr(l, '\t'), *nl = strchr(l, '\n');
+        if (!tab || !nl || tab > nl) break;
+        yajl_gen_map_open(g);
+        GS(g, "image_id"), yajl_gen_number(g, l, (size_t)(tab - l));
+        GS(g, "reason"), yajl_gen_string(g, (const unsigned char *)tab + 1, (size_t)(nl - tab - 1));
+        yajl_gen_map_close(g);
+        l = nl + 1;
+    }
+    yajl_gen_array_close(g);
     GS(g, "metrics");
     yajl_gen_map_open(g);
     static const char *kind[2] = {"thing", "stuff"};

@@ -11,6 +11,7 @@ typedef struct {
     const char *dataset;
     int images, images_skipped, segments;
     double seconds;
+    const char *skipped;    /* "image_id\treason\n" lines of the images left out */
 } ReportInfo;
 
 int report_write_json(const char *path, const ReportInfo *info, const RegionCounts *rc,

@@ -45,3 +45,22 @@ void stage_end(Stage *s) {
     (void)s;
     MPI_Finalize();
 }
+
+char *gather_text(const char *mine, MPI_Comm comm) {
+    int rank, size, len = (int)strlen(mine);
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    int *lens = rank == 0 ? calloc((size_t)size, sizeof(int)) : NULL;
+    int *displs = rank == 0 ? calloc((size_t)size, sizeof(int)) : NULL;
+    MPI_Gather(&len, 1, MPI_INT, lens, 1, MPI_INT, 0, comm);
+    char *all = NULL;
+    if (rank == 0) {
+        long total = 0;
+        for (int r = 0; r < size; r++) displs[r] = (int)total, total += lens[r];
+        all = calloc((size_t)total + 1, 1);
+    }
+    MPI_Gatherv(mine, len, MPI_CHAR, all, lens, displs, MPI_CHAR, 0, comm);
+    free(lens);
+    free(displs);
+    return all;
+}

@@ -3,6 +3,8 @@
 #ifndef CLIPSELF_STAGE_H
 #define CLIPSELF_STAGE_H
 
+#include <mpi.h>
+
 #include "cli.h"
 
 typedef struct {
@@ -20,5 +22,9 @@ void stage_die(const Stage *s, const char *hint) __attribute__((noreturn));
 /* Die unless rc == 0. */
 void stage_check(const Stage *s, int rc, const char *hint);
 void stage_end(Stage *s);
+
+/* Concatenate every rank's text (in rank order) on rank 0; returns a malloc'ed string there
+ * and NULL elsewhere (or on rank 0 when out of memory). Collective over comm. */
+char *gather_text(const char *mine, MPI_Comm comm);
 
 #endif

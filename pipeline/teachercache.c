@@ -9,6 +9,7 @@
 
 #include "check.h"
 #include "h5util.h"
+#include "stage.h"
 
 /* IEEE half precision as an HDF5 type: h5py reads it as numpy float16. */
 static hid_t half_type(void) {
@@ -181,7 +182,7 @@ void cache_chunk_free(CacheChunk *c) {
 /* Each rank's chunks into the shared file; returns this rank's skipped records serialised as
  * "image\treason\n" lines in *skipped. */
 static int join_rows(hid_t emb, hid_t valid, char **chunk_paths, int num_chunks, int rank,
-                     int size, char **skipped, size_t *skipped_len) {
+                     int size, char **skipped) {
     size_t cap = 1024, len = 0;
     char *buf = malloc(cap);
     CS_CHECK(buf, "out of memory");
@@ -195,7 +196,22 @@ static int join_rows(hid_t emb, hid_t valid, char **chunk_paths, int num_chunks,
         if (c.num_rows > 0) {
             hid_t fs = H5Dget_space(emb), ms = H5Screate_simple(2, cnt, NULL);
             H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
-            herr_t w = H5Dwrite(emb, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, c.emb);
+            /* float16 is converted here, rounding to nearest even, so the stored values are
+             * exactly float16(x) whatever HDF5's soft conversion of a user-defined type does */
+            herr_t w = -1;
+            hid_t ft = H5Dget_type(emb);
+            if (H5Tget_size(ft) == 2) {
+                size_t n = (size_t)c.num_rows * (size_t)c.embed;
+                _Float16 *h = malloc(n * sizeof(_Float16));
+                if (h) {
+                    for (size_t i = 0; i < n; i++) h[i] = (_Float16)c.emb[i];
+                    w = H5Dwrite(emb, ft, ms, fs, H5P_DEFAULT, h);
+                    free(h);
+                }
+            } else {
+                w = H5Dwrite(emb, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, c.emb);
+            }
+            H5Tclose(ft);
             H5Sclose(ms), H5Sclose(fs);
             fs = H5Dget_space(valid), ms = H5Screate_simple(1, cnt, NULL);
             H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
@@ -220,7 +236,6 @@ static int join_rows(hid_t emb, hid_t valid, char **chunk_paths, int num_chunks,
         cache_chunk_free(&c);
     }
     *skipped = buf;
-    *skipped_len = len;
     return rc;
 }
 
@@ -274,7 +289,6 @@ int cache_join(const char *out, char **chunk_paths, const long *first, int num_c
     H5Pclose(fapl);
     int rc = 0;
     char *skipped = NULL;
-    size_t skipped_len = 0;
     if (f < 0) {
         rc = h5u_fail(__FILE__, __LINE__, "cannot create %s (parallel HDF5)", tmp);
     } else {
@@ -287,8 +301,7 @@ int cache_join(const char *out, char **chunk_paths, const long *first, int num_c
         H5Sclose(s2), H5Sclose(s1), H5Tclose(ftype);
         if (emb < 0 || valid < 0) rc = h5u_fail(__FILE__, __LINE__, "cannot create datasets in %s", tmp);
         if (!rc) rc = write_identity(f, id, tmp);
-        if (!rc) rc = join_rows(emb, valid, chunk_paths, num_chunks, rank, size, &skipped,
-                                &skipped_len);
+        if (!rc) rc = join_rows(emb, valid, chunk_paths, num_chunks, rank, size, &skipped);
         if (emb >= 0) H5Dclose(emb);
         if (valid >= 0) H5Dclose(valid);
         if (H5Fclose(f) < 0 && !rc) rc = h5u_fail(__FILE__, __LINE__, "cannot close %s", tmp);
@@ -297,23 +310,15 @@ int cache_join(const char *out, char **chunk_paths, const long *first, int num_c
     int bad = rc != 0, any;
     MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, comm);
     /* rank 0 collects the skipped records and finishes the file */
-    int len = (int)skipped_len, *lens = rank == 0 ? calloc((size_t)size, sizeof(int)) : NULL;
-    MPI_Gather(&len, 1, MPI_INT, lens, 1, MPI_INT, 0, comm);
-    int *displs = NULL, total = 0;
-    char *all = NULL;
-    if (rank == 0) {
-        displs = calloc((size_t)size, sizeof(int));
-        for (int r = 0; r < size; r++) displs[r] = total, total += lens[r];
-        all = calloc((size_t)total + 1, 1);
-    }
-    MPI_Gatherv(skipped ? skipped : "", len, MPI_CHAR, all, lens, displs, MPI_CHAR, 0, comm);
+    char *all = gather_text(skipped ? skipped : "", comm);
     free(skipped);
     if (rank == 0) {
-        if (!any) rc = write_skipped(tmp, all);
+        if (!all) rc = cs_error_set(__FILE__, __LINE__, "out of memory");
+        if (!any && !rc) rc = write_skipped(tmp, all);
         if (!any && !rc) rc = h5u_commit(tmp, out);
         else unlink(tmp);
     }
-    free(all), free(lens), free(displs);
+    free(all);
     bad = rc != 0;
     MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, comm);
     if (any && !rc) CS_FAIL("joining %s failed on another rank", out);

@@ -66,6 +66,8 @@ int main(int argc, char **argv) {
     Image im = {0};
     uint32_t *ids = NULL;
     int stats[3] = {0, 0, 0}; /* images, skipped, segments */
+    char *skipped = calloc(1, 1);
+    size_t skipped_len = 0;
     Progress prog;
     progress_init(&prog, "evaluate", "img", n, st.rank == 0);
     double t0 = now_seconds();
@@ -85,6 +87,17 @@ int main(int argc, char **argv) {
         if (!rc_img) rc_img = regioneval_image(&re, &rc, &im, ids, pi, &used);
         if (rc_img) {
             fprintf(stderr, "evaluate: skipping image %lld: %s\n", (long long)pi->id, cs_error());
+            char reason[2048], line[2100];
+            snprintf(reason, sizeof reason, "%s", cs_error());
+            for (char *p = reason; *p; p++) /* one record per line: "id<TAB>reason" */
+                if (*p == '\n' || *p == '\t') *p = ' ';
+            snprintf(line, sizeof line, "%lld\t%s\n", (long long)pi->id, reason);
+            char *grown = realloc(skipped, skipped_len + strlen(line) + 1);
+            if (grown) {
+                skipped = grown;
+                memcpy(skipped + skipped_len, line, strlen(line) + 1);
+                skipped_len += strlen(line);
+            }
             stats[1]++;
         } else {
             stats[0]++;
@@ -96,10 +109,12 @@ int main(int argc, char **argv) {
     MPI_Allreduce(MPI_IN_PLACE, rc.count, ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, rc.top1, EVAL_METHODS * ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, rc.top5, EVAL_METHODS * ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    char *all_skipped = gather_text(skipped ? skipped : "", MPI_COMM_WORLD);
     if (st.rank == 0) {
         double macc[EVAL_METHODS][2][2];
         region_macc(&rc, &pan.categories, macc);
-        ReportInfo info = {model_path, name, stats[0], stats[1], stats[2], now_seconds() - t0};
+        ReportInfo info = {model_path, name,           stats[0],   stats[1],
+                           stats[2],   now_seconds() - t0, all_skipped};
         stage_check(&st, report_write_json(out, &info, &rc, &pan.categories, macc), NULL);
         char table[4096], md[4200];
         stage_check(&st, report_markdown(table, sizeof table, &info, macc), NULL);
@@ -109,6 +124,8 @@ int main(int argc, char **argv) {
                table, stats[0], stats[1], stats[2], info.seconds, out, md);
     }
     free(ids);
+    free(skipped);
+    free(all_skipped);
     image_free(&im);
     region_counts_free(&rc);
     regioneval_free(&re);

@@ -49,6 +49,11 @@ E=(--crops "$T/crops1.h5" --teacher "$T/teacher.h5" --chunk 1 --batch 8)
 run "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --out "$T/cache1.h5"
 run "${MPI2[@]}" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --out "$T/cache2.h5"
 check "embed_teacher: 1 and 2 ranks give the same embeddings" same_h5 "$T/cache1.h5" "$T/cache2.h5"
+run "${MPI2[@]}" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --fp16 --out "$T/cache16.h5"
+check "embed_teacher: --fp16 stores float16 equal to the float32 cache rounded" "$PY" -c "
+import h5py, numpy as np, sys
+a = h5py.File('$T/cache1.h5')['embeddings'][()]; b = h5py.File('$T/cache16.h5')['embeddings']
+sys.exit(0 if b.dtype == np.float16 and np.array_equal(a.astype(np.float16), b[()]) else 1)"
 ( exec timeout 600 "${MPI2[@]}" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --size 128 --out "$T/cacheK.h5" >>"$T/log" 2>&1 ) &
 pid=$!
 for _ in $(seq 1 600); do
@@ -149,8 +154,9 @@ png=$(ls "$T/data/panoptic_val" | head -n 1)
 head -c 100 "$T/data/panoptic_val/$png" >"$T/p" && mv "$T/p" "$T/data/panoptic_val/$png"
 out=$("$BIN/evaluate" "${D[@]}" "${EV[@]}" --out "$T/ev3.json" 2>&1)
 check "evaluate: a corrupt PNG skips its image with a message naming it" grep -q "$png" <<<"$out"
-check "evaluate: and reports the skip" "$PY" -c "
-import json, sys; sys.exit(0 if json.load(open('$T/ev3.json'))['images_skipped'] == 1 else 1)"
+check "evaluate: and records it in the results" "$PY" -c "
+import json, sys; r = json.load(open('$T/ev3.json'))
+sys.exit(0 if r['images_skipped'] == 1 and len(r['skipped']) == 1 and '$png' in r['skipped'][0]['reason'] else 1)"
 
 if [ "$fail" -gt 0 ]; then echo "--- last lines of the stage log:"; tail -n 30 "$T/log"; fi
 echo "test_stages: $pass passed, $fail failed"
