@@ -5,14 +5,10 @@
  * specific reason ("truncated file: eof = ...", "file signature not found"). */
 #include "checkpoint.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <hdf5.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "check.h"
 #include "h5util.h"
@@ -84,23 +80,19 @@ static int write_file(hid_t f, const Vit *m, const VitOptState *opt, const char 
     return 0;
 }
 
+typedef struct {
+    Vit *m;
+    VitOptState *opt;
+} CheckpointIO;
+
+static int fill(hid_t f, void *ctx, const char *path) {
+    CheckpointIO *io = ctx;
+    return write_file(f, io->m, io->opt, path);
+}
+
 int vit_save_h5(const Vit *m, const char *path, const VitOptState *opt) {
-    char tmp[4096];
-    CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) {
-        h5u_fail(__FILE__, __LINE__, "cannot create %s", tmp);
-    } else {
-        rc = write_file(f, m, opt, tmp);
-        if (H5Fclose(f) < 0 && rc == 0) rc = h5u_fail(__FILE__, __LINE__, "cannot close %s", tmp);
-    }
-    if (rc == 0) rc = h5u_commit(tmp, path);
-    else unlink(tmp);
-    h5u_quiet_end(&q);
-    return rc;
+    CheckpointIO io = {(Vit *)m, (VitOptState *)opt};
+    return h5u_write_file(path, fill, &io);
 }
 
 /* ---- reading ---------------------------------------------------------------------------- */
@@ -197,23 +189,16 @@ static int read_file(hid_t f, Vit *m, VitOptState *opt, const char *path) {
     return 0;
 }
 
+static int read_cb(hid_t f, void *ctx, const char *path) {
+    CheckpointIO *io = ctx;
+    return read_file(f, io->m, io->opt, path);
+}
+
 int vit_load_h5(Vit *m, const char *path, VitOptState *opt) {
     memset(m, 0, sizeof *m);
     if (opt) opt->m = opt->v = NULL;
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f >= 0) {
-        rc = read_file(f, m, opt, path);
-        H5Fclose(f);
-    } else if (access(path, R_OK) != 0) {
-        cs_error_set(__FILE__, __LINE__, "cannot open checkpoint %s: %s", path, strerror(errno));
-    } else {
-        h5u_fail(__FILE__, __LINE__, "%s is not a readable HDF5 checkpoint (not HDF5, or "
-                "truncated)", path);
-    }
-    h5u_quiet_end(&q);
+    CheckpointIO io = {m, opt};
+    int rc = h5u_read_file(path, "checkpoint", read_cb, &io);
     if (rc != 0) {
         vit_free(m);
         if (opt) {

@@ -5,7 +5,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "check.h"
 #include "h5util.h"
@@ -18,9 +17,7 @@ static int write_all(hid_t f, const CocoCategories *cats, const float *emb, int 
     const char **names = malloc(((size_t)cats->num + 1) * sizeof(char *));
     CS_CHECK(ids && names, "out of memory");
     for (int k = 0; k < cats->num; k++) ids[k] = cats->cats[k].id, names[k] = cats->cats[k].name;
-    hid_t st = H5Tcopy(H5T_C_S1);
-    H5Tset_size(st, H5T_VARIABLE);
-    H5Tset_cset(st, H5T_CSET_UTF8);
+    hid_t st = h5u_string_type();
     int rc = h5u_write(f, "embeddings", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, d2, emb, path);
     if (!rc) rc = h5u_write(f, "category_id", H5T_STD_I32LE, H5T_NATIVE_INT, 1, d1, ids, path);
     if (!rc) rc = h5u_write(f, "name", st, st, 1, d1, names, path);
@@ -32,24 +29,23 @@ static int write_all(hid_t f, const CocoCategories *cats, const float *emb, int 
     return rc;
 }
 
+typedef struct {
+    const CocoCategories *cats;
+    const float *emb;
+    int embed;
+    const char *source;
+    ClassEmbeddings *out;
+} ClassesIO;
+
+static int write_cb(hid_t f, void *ctx, const char *path) {
+    ClassesIO *io = ctx;
+    return write_all(f, io->cats, io->emb, io->embed, io->source, path);
+}
+
 int classes_write(const char *path, const CocoCategories *cats, const float *emb, int embed,
                   const char *source) {
-    char tmp[4096];
-    CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) {
-        h5u_fail(__FILE__, __LINE__, "cannot create %s", tmp);
-    } else {
-        rc = write_all(f, cats, emb, embed, source, tmp);
-        if (H5Fclose(f) < 0 && !rc) rc = h5u_fail(__FILE__, __LINE__, "cannot close %s", tmp);
-    }
-    if (!rc) rc = h5u_commit(tmp, path);
-    else unlink(tmp);
-    h5u_quiet_end(&q);
-    return rc;
+    ClassesIO io = {cats, emb, embed, source, NULL};
+    return h5u_write_file(path, write_cb, &io);
 }
 
 static int read_all(hid_t f, ClassEmbeddings *ce, const CocoCategories *cats, const char *path) {
@@ -80,20 +76,15 @@ static int read_all(hid_t f, ClassEmbeddings *ce, const CocoCategories *cats, co
     return 0;
 }
 
+static int read_cb(hid_t f, void *ctx, const char *path) {
+    ClassesIO *io = ctx;
+    return read_all(f, io->out, io->cats, path);
+}
+
 int classes_read(ClassEmbeddings *ce, const char *path, const CocoCategories *cats) {
     memset(ce, 0, sizeof *ce);
-    CS_CHECK(access(path, R_OK) == 0, "class-embedding file %s does not exist", path);
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) {
-        h5u_fail(__FILE__, __LINE__, "%s is not a readable HDF5 file", path);
-    } else {
-        rc = read_all(f, ce, cats, path);
-        H5Fclose(f);
-    }
-    h5u_quiet_end(&q);
+    ClassesIO io = {cats, NULL, 0, NULL, ce};
+    int rc = h5u_read_file(path, "class-embedding file", read_cb, &io);
     if (rc) classes_free(ce);
     return rc;
 }

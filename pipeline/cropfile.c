@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "check.h"
 #include "digest.h"
@@ -52,9 +51,7 @@ static int write_all(hid_t f, const CropFile *cf, const char *path) {
     CS_CHECK(i32 && box, "out of memory writing %s", path);
     int rc = 0;
     hsize_t d1[1] = {N}, d2[2] = {N, (hsize_t)cf->epochs};
-    hid_t st = H5Tcopy(H5T_C_S1);
-    H5Tset_size(st, H5T_VARIABLE);
-    H5Tset_cset(st, H5T_CSET_UTF8);
+    hid_t st = h5u_string_type();
     rc = rc ? rc : h5u_write(f, "images/id", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, d1, cf->image_id, path);
     rc = rc ? rc : h5u_write(f, "images/file_name", st, st, 1, d1, cf->file_name, path);
     rc = rc ? rc : h5u_write(f, "images/width", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, d1, cf->width, path);
@@ -87,23 +84,10 @@ static int write_all(hid_t f, const CropFile *cf, const char *path) {
     return 0;
 }
 
+static int write_cb(hid_t f, void *ctx, const char *path) { return write_all(f, ctx, path); }
+
 int cropfile_write(const CropFile *cf, const char *path) {
-    char tmp[4096];
-    CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) {
-        h5u_fail(__FILE__, __LINE__, "cannot create %s", tmp);
-    } else {
-        rc = write_all(f, cf, tmp);
-        if (H5Fclose(f) < 0 && rc == 0) rc = h5u_fail(__FILE__, __LINE__, "cannot close %s", tmp);
-    }
-    if (rc == 0) rc = h5u_commit(tmp, path);
-    else unlink(tmp);
-    h5u_quiet_end(&q);
-    return rc;
+    return h5u_write_file(path, write_cb, (void *)cf);
 }
 
 /* Read a dataset that must have exactly dims (ndim of them) into a new buffer. */
@@ -140,9 +124,7 @@ static int read_all(hid_t f, CropFile *cf, const char *path) {
                     (void **)&cf->image_id, path));
     hsize_t N = dims[0], d2[2] = {N, (hsize_t)cf->epochs};
     cf->num_images = (int)N;
-    hid_t st = H5Tcopy(H5T_C_S1);
-    H5Tset_size(st, H5T_VARIABLE);
-    H5Tset_cset(st, H5T_CSET_UTF8);
+    hid_t st = h5u_string_type();
     int rc = read_exact(f, "images/file_name", st, sizeof(char *), 1, &N,
                         (void **)&cf->file_name, path);
     H5Tclose(st);
@@ -198,23 +180,11 @@ static int read_all(hid_t f, CropFile *cf, const char *path) {
     return 0;
 }
 
+static int read_cb(hid_t f, void *ctx, const char *path) { return read_all(f, ctx, path); }
+
 int cropfile_read(CropFile *cf, const char *path) {
     memset(cf, 0, sizeof *cf);
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) {
-        if (access(path, R_OK) != 0)
-            cs_error_set(__FILE__, __LINE__, "cannot open crops file %s: no such readable file",
-                         path);
-        else
-            h5u_fail(__FILE__, __LINE__, "%s is not a readable HDF5 file (truncated?)", path);
-    } else {
-        rc = read_all(f, cf, path);
-        H5Fclose(f);
-    }
-    h5u_quiet_end(&q);
+    int rc = h5u_read_file(path, "crops file", read_cb, cf);
     if (rc) cropfile_free(cf);
     return rc;
 }

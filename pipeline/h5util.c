@@ -171,3 +171,47 @@ int h5u_commit(const char *tmp, const char *path) {
     if (rc != 0) unlink(tmp);
     return rc;
 }
+
+hid_t h5u_string_type(void) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    return t;
+}
+
+int h5u_write_file(const char *path, H5uFill fill, void *ctx) {
+    char tmp[4096];
+    CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
+    H5Quiet q;
+    h5u_quiet_begin(&q);
+    int rc = -1;
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (f < 0) {
+        h5u_fail(__FILE__, __LINE__, "cannot create %s", tmp);
+    } else {
+        rc = fill(f, ctx, tmp);
+        if (H5Fclose(f) < 0 && rc == 0) rc = h5u_fail(__FILE__, __LINE__, "cannot close %s", tmp);
+    }
+    if (rc == 0) rc = h5u_commit(tmp, path);
+    else unlink(tmp);
+    h5u_quiet_end(&q);
+    return rc;
+}
+
+int h5u_read_file(const char *path, const char *what, H5uFill read, void *ctx) {
+    H5Quiet q;
+    h5u_quiet_begin(&q);
+    int rc = -1;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f >= 0) {
+        rc = read(f, ctx, path);
+        H5Fclose(f);
+    } else if (access(path, R_OK) != 0) {
+        cs_error_set(__FILE__, __LINE__, "cannot open %s %s: %s", what, path, strerror(errno));
+    } else {
+        h5u_fail(__FILE__, __LINE__, "%s is not a readable HDF5 %s (not HDF5, or truncated)",
+                 path, what);
+    }
+    h5u_quiet_end(&q);
+    return rc;
+}

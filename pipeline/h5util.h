@@ -40,6 +40,17 @@ int h5u_write(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, int 
 int h5u_read(hid_t loc, const char *name, hid_t mem_type, size_t elem, int ndim_max,
              hsize_t *dims, int *ndim, void **data, const char *path);
 
+/* A variable-length UTF-8 string type (h5py reads it as str); the caller closes it. */
+hid_t h5u_string_type(void);
+
+/* Write path atomically: fill(f, ctx, tmp) writes the file under a temporary name, which is
+ * synced and renamed to path only when fill and the close succeeded. */
+typedef int (*H5uFill)(hid_t f, void *ctx, const char *path);
+int h5u_write_file(const char *path, H5uFill fill, void *ctx);
+/* Open path read-only and run read(f, ctx, path); a missing or unreadable file (not HDF5,
+ * truncated) is an error naming path and what it should have been. */
+int h5u_read_file(const char *path, const char *what, H5uFill read, void *ctx);
+
 /* fsync a file by name, so a rename cannot publish an incomplete file after a crash. */
 int h5u_sync_file(const char *path);
 /* tmp = "<path>.tmp.<pid>" */

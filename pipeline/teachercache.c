@@ -21,13 +21,6 @@ static hid_t half_type(void) {
     return t;
 }
 
-static hid_t string_type(void) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    return t;
-}
-
 static int write_identity(hid_t f, const CacheIdentity *id, const char *path) {
     char t[32], c[32];
     snprintf(t, sizeof t, "%016" PRIx64, id->teacher_digest);
@@ -76,52 +69,43 @@ static int chunk_write_all(hid_t f, const CacheChunk *c, const CacheIdentity *id
     CS_TRY(h5u_write(f, "embeddings", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, d2, c->emb, path));
     CS_TRY(h5u_write(f, "valid", H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, d1, c->valid, path));
     hsize_t k[1] = {(hsize_t)c->num_skipped};
-    hid_t st = string_type();
+    hid_t st = h5u_string_type();
     int rc = h5u_write(f, "skipped/image", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, k, c->skip_image, path);
     if (!rc) rc = h5u_write(f, "skipped/reason", st, st, 1, k, c->skip_reason, path);
     H5Tclose(st);
     return rc;
 }
 
+typedef struct {
+    CacheChunk *chunk;
+    const CacheIdentity *id;
+    long first_row, num_rows;
+} ChunkIO;
+
+static int chunk_write_cb(hid_t f, void *ctx, const char *path) {
+    ChunkIO *io = ctx;
+    return chunk_write_all(f, io->chunk, io->id, path);
+}
+
 int cache_chunk_write(const char *path, const CacheChunk *c, const CacheIdentity *id) {
-    char tmp[4096];
-    CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (f < 0) {
-        h5u_fail(__FILE__, __LINE__, "cannot create %s", tmp);
-    } else {
-        rc = chunk_write_all(f, c, id, tmp);
-        if (H5Fclose(f) < 0 && rc == 0) rc = h5u_fail(__FILE__, __LINE__, "cannot close %s", tmp);
-    }
-    if (rc == 0) rc = h5u_commit(tmp, path);
-    else unlink(tmp);
-    h5u_quiet_end(&q);
-    return rc;
+    ChunkIO io = {(CacheChunk *)c, id, 0, 0};
+    return h5u_write_file(path, chunk_write_cb, &io);
+}
+
+static int chunk_check_cb(hid_t f, void *ctx, const char *path) {
+    ChunkIO *io = ctx;
+    long first = -1, n = -1;
+    CS_TRY(check_identity(f, io->id, path));
+    CS_TRY(h5u_read_attr(f, "first_row", H5T_NATIVE_LONG, &first, path));
+    CS_TRY(h5u_read_attr(f, "num_rows", H5T_NATIVE_LONG, &n, path));
+    CS_CHECK(first == io->first_row && n == io->num_rows, "chunk %s holds rows %ld+%ld, "
+             "expected %ld+%ld", path, first, n, io->first_row, io->num_rows);
+    return 0;
 }
 
 int cache_chunk_check(const char *path, const CacheIdentity *id, long first_row, long num_rows) {
-    CS_CHECK(access(path, R_OK) == 0, "chunk %s does not exist", path);
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) {
-        h5u_fail(__FILE__, __LINE__, "chunk %s is not a readable HDF5 file", path);
-    } else {
-        long first = -1, n = -1;
-        rc = check_identity(f, id, path);
-        if (!rc) rc = h5u_read_attr(f, "first_row", H5T_NATIVE_LONG, &first, path);
-        if (!rc) rc = h5u_read_attr(f, "num_rows", H5T_NATIVE_LONG, &n, path);
-        if (!rc && (first != first_row || n != num_rows))
-            rc = cs_error_set(__FILE__, __LINE__, "chunk %s holds rows %ld+%ld, expected %ld+%ld",
-                              path, first, n, first_row, num_rows);
-        H5Fclose(f);
-    }
-    h5u_quiet_end(&q);
-    return rc;
+    ChunkIO io = {NULL, id, first_row, num_rows};
+    return h5u_read_file(path, "cache chunk", chunk_check_cb, &io);
 }
 
 static int chunk_read_all(hid_t f, CacheChunk *c, const char *path) {
@@ -140,7 +124,7 @@ static int chunk_read_all(hid_t f, CacheChunk *c, const char *path) {
     CS_TRY(h5u_read(f, "skipped/image", H5T_NATIVE_INT32, 4, 1, dims, &nd,
                     (void **)&c->skip_image, path));
     c->num_skipped = (int)dims[0];
-    hid_t st = string_type();
+    hid_t st = h5u_string_type();
     int rc = h5u_read(f, "skipped/reason", st, sizeof(char *), 1, dims, &nd,
                       (void **)&c->skip_reason, path);
     H5Tclose(st);
@@ -154,19 +138,13 @@ static int chunk_read_all(hid_t f, CacheChunk *c, const char *path) {
     return 0;
 }
 
+static int chunk_read_cb(hid_t f, void *ctx, const char *path) {
+    return chunk_read_all(f, ctx, path);
+}
+
 int cache_chunk_read(CacheChunk *c, const char *path) {
     memset(c, 0, sizeof *c);
-    H5Quiet q;
-    h5u_quiet_begin(&q);
-    int rc = -1;
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) {
-        h5u_fail(__FILE__, __LINE__, "chunk %s is not a readable HDF5 file", path);
-    } else {
-        rc = chunk_read_all(f, c, path);
-        H5Fclose(f);
-    }
-    h5u_quiet_end(&q);
+    int rc = h5u_read_file(path, "cache chunk", chunk_read_cb, c);
     if (rc) cache_chunk_free(c);
     return rc;
 }
@@ -260,7 +238,7 @@ static int write_skipped(const char *path, char *lines) {
         h5u_fail(__FILE__, __LINE__, "cannot reopen %s", path);
     } else {
         hsize_t d[1] = {(hsize_t)k};
-        hid_t st = string_type();
+        hid_t st = h5u_string_type();
         rc = h5u_write(f, "skipped/image", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, d, image, path);
         if (!rc) rc = h5u_write(f, "skipped/reason", st, st, 1, d, reason, path);
         H5Tclose(st);
