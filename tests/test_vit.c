@@ -48,6 +48,21 @@ static double read_double_attr(hid_t obj, const char *name) {
     return v;
 }
 
+/* The reference's optimiser settings and schedule, from /adamw's attributes. */
+static AdamWConfig read_adamw(hid_t f, long *warmup, long *total, long *steps) {
+    hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
+    AdamWConfig ac = {.lr = (float)read_double_attr(ga, "lr"),
+                      .beta1 = (float)read_double_attr(ga, "beta1"),
+                      .beta2 = (float)read_double_attr(ga, "beta2"),
+                      .eps = (float)read_double_attr(ga, "eps"),
+                      .weight_decay = (float)read_double_attr(ga, "weight_decay")};
+    *warmup = (long)read_double_attr(ga, "warmup");
+    *total = (long)read_double_attr(ga, "total_steps");
+    *steps = (long)read_double_attr(ga, "steps");
+    H5Gclose(ga);
+    return ac;
+}
+
 /* Compare every tensor of buf (laid out as m's parameters) with group/<name> datasets; only
  * tensors that are not frozen when only_trainable. Tolerance: rel * (|want| + max|want|) + atol.
  * kbias_atol > 0 compares the key rows of in_proj_bias with that absolute tolerance instead:
@@ -220,16 +235,8 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     CS_DIE_IF_FAIL(vit_load_safetensors(&m, tu_fixture_path(fx, path, sizeof path), NULL));
     CS_DIE_IF_FAIL(vit_alloc_grads(&m));
     vit_freeze_clipself(&m);
-    hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
-    AdamWConfig ac = {.lr = (float)read_double_attr(ga, "lr"),
-                      .beta1 = (float)read_double_attr(ga, "beta1"),
-                      .beta2 = (float)read_double_attr(ga, "beta2"),
-                      .eps = (float)read_double_attr(ga, "eps"),
-                      .weight_decay = (float)read_double_attr(ga, "weight_decay")};
-    long warmup = (long)read_double_attr(ga, "warmup");
-    long total = (long)read_double_attr(ga, "total_steps");
-    long steps = (long)read_double_attr(ga, "steps");
-    H5Gclose(ga);
+    long warmup, total, steps;
+    AdamWConfig ac = read_adamw(f, &warmup, &total, &steps);
     AdamW opt;
     CS_DIE_IF_FAIL(adamw_init(&opt, &ac, m.num_params));
     for (long s = 0; s < steps; s++) {
@@ -278,15 +285,8 @@ static void adamw_exact(void) {
             free(g);
         }
     }
-    hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
-    AdamWConfig ac = {.lr = (float)read_double_attr(ga, "lr"),
-                      .beta1 = (float)read_double_attr(ga, "beta1"),
-                      .beta2 = (float)read_double_attr(ga, "beta2"),
-                      .eps = (float)read_double_attr(ga, "eps"),
-                      .weight_decay = (float)read_double_attr(ga, "weight_decay")};
-    long warmup = (long)read_double_attr(ga, "warmup");
-    long total = (long)read_double_attr(ga, "total_steps");
-    H5Gclose(ga);
+    long warmup, total, steps;
+    AdamWConfig ac = read_adamw(f, &warmup, &total, &steps);
     size_t nl;
     float *lrs = tu_read(f, "/adamw/lrs", &nl);
     float *mine = malloc(nl * sizeof(float));
