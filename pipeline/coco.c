@@ -416,7 +416,7 @@ static int on_value(Parser *p, Kind kind, const char *s, size_t n) {
         if (++f->count > 4) return stop(p, NULL, "expected 4 numbers [x, y, w, h], got more");
         if (kind != V_NUMBER || parse_real(s, n, &d))
             return expected(p, NULL, "a finite number", kind, s, n);
-        p->segs[p->n_segs].bbox[f->count - 1] = (float)d;
+        p->segs[p->n_segs].bbox[f->count - 1] = d;
         return 1;
     }
     default:

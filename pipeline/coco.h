@@ -57,7 +57,8 @@ typedef struct {
     uint32_t id;     /* the segment's colour in the PNG: R + 256 G + 256^2 B */
     int category_id; /* COCO id */
     int category;    /* contiguous index into CocoPanoptic.categories.cats */
-    float bbox[4];   /* x, y, w, h in original pixels (w, h >= 0) */
+    double bbox[4];  /* x, y, w, h in original pixels (w, h >= 0), double as the reference
+                      * keeps them until the crop is rounded */
     double area;     /* pixels */
     int iscrowd;     /* 0 or 1 */
 } CocoSegment;

@@ -713,8 +713,8 @@ static void test_reference(void) {
             }
             const CocoSegment *g = &im2->segments[s];
             bad |= g->id != sid || g->category_id != cat_id || g->category != cat ||
-                   g->iscrowd != crowd || g->area != area || g->bbox[0] != (float)x ||
-                   g->bbox[1] != (float)y || g->bbox[2] != (float)bw || g->bbox[3] != (float)bh;
+                   g->iscrowd != crowd || g->area != area || g->bbox[0] != x ||
+                   g->bbox[1] != y || g->bbox[2] != bw || g->bbox[3] != bh;
         }
         if (bad) fprintf(stderr, "  first panoptic mismatch at image %d (id %lld)\n", i, id);
         images++;
