@@ -7,8 +7,8 @@
 
 #include <stdint.h>
 
-#define CROPS_MAX_LAYOUTS 256
-#define CROPS_MAX_SPLIT 32 /* m*n cells fit in 1024 */
+#define CROPS_MAX_SPLIT 32                 /* a layout's m*n cells fit in 32 * 32 */
+#define CROPS_MAX_LAYOUTS 1024             /* 544 layouts at M = 32 */
 
 typedef struct {
     int32_t image;  /* index into the image table */

@@ -311,16 +311,16 @@ int image_read_panoptic_png(uint32_t **ids, int *w, int *h, const char *path) {
 }
 
 /* ---- crop ---------------------------------------------------------------------------------- */
-int image_crop(Image *out, const Image *in, const float box[4]) {
+int image_crop(Image *out, const Image *in, const double box[4]) {
     CS_CHECK(out != in, "image_crop: out and in must be different images");
     int b[4];
     for (int i = 0; i < 4; i++)
         CS_CHECK(round_half_even(box[i], &b[i]) == 0, "image_crop: box coordinate %d is %g",
-                 i, (double)box[i]);
+                 i, box[i]);
     int x0 = b[0], y0 = b[1], x1 = b[2], y1 = b[3];
     CS_CHECK(x1 > x0 && y1 > y0,
              "image_crop: degenerate box (%g, %g, %g, %g): (%d, %d, %d, %d) after rounding",
-             (double)box[0], (double)box[1], (double)box[2], (double)box[3], x0, y0, x1, y1);
+             box[0], box[1], box[2], box[3], x0, y0, x1, y1);
     CS_CHECK((long)x1 - x0 <= 65500 && (long)y1 - y0 <= 65500,
              "image_crop: box (%d, %d, %d, %d) is too large", x0, y0, x1, y1);
     int w = x1 - x0, h = y1 - y0;
@@ -543,7 +543,7 @@ done:
     return rc;
 }
 
-int preprocess_crop(float *out, const Image *im, const float box[4], int S, ImageWork *ws) {
+int preprocess_crop(float *out, const Image *im, const double box[4], int S, ImageWork *ws) {
     CS_CHECK(S > 0 && im->w > 0 && im->h > 0 && im->px,
              "preprocess_crop: image %d x %d, size %d", im->w, im->h, S);
     ImageWork local = {0};

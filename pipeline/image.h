@@ -81,10 +81,11 @@ void image_free(Image *im);
 void image_work_free(ImageWork *ws);
 
 /* ---- geometry --------------------------------------------------------------------------- */
-/* PIL Image.crop(box), box = (x0, y0, x1, y1) in pixels: each coordinate rounded half to even
+/* PIL Image.crop(box), box = (x0, y0, x1, y1) in pixels (double: the reference's Python
+ * floats, so the rounding below sees the same values): each coordinate rounded half to even
  * (Python round()), then the pixels of [x0, x1) x [y0, y1); parts outside the image are 0.
  * A box that is empty after rounding is an error ("degenerate box"). */
-int image_crop(Image *out, const Image *in, const float box[4]);
+int image_crop(Image *out, const Image *in, const double box[4]);
 
 /* PIL 9.4 Image.resize((ow, oh), Image.BICUBIC) on RGB, bit for bit: separable Keys cubic
  * (a = -0.5) with its support widened by the downscale factor, per-output weights normalised
@@ -107,6 +108,6 @@ int preprocess_full(float *out, const Image *im, int S, ImageWork *ws);
  * This is CLIPSelf's own ResizeMaxSize (its open_clip fork resizes and pads in every case, so
  * the output is always S x S); stock open_clip skips both when the crop's longest side is
  * already S, and this function then gives that tensor centred in the S x S padding. */
-int preprocess_crop(float *out, const Image *im, const float box[4], int S, ImageWork *ws);
+int preprocess_crop(float *out, const Image *im, const double box[4], int S, ImageWork *ws);
 
 #endif

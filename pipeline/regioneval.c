@@ -48,13 +48,14 @@ int regioneval_init(RegionEval *re, Vit *model, const ClassEmbeddings *classes,
     CS_ALLOC(re->boxes, (size_t)MAX_SEGMENTS * 5);
     CS_ALLOC(re->masks, (size_t)MAX_SEGMENTS * N);
     CS_ALLOC(re->mask_grid, N);
-    CS_ALLOC(re->seg, MAX_SEGMENTS);
+    CS_ALLOC(re->logits, classes->num);
+    CS_ALLOC(re->crop_box, MAX_SEGMENTS);
     return 0;
 }
 
 void regioneval_free(RegionEval *re) {
     free(re->full), free(re->crops), free(re->dense), free(re->feat), free(re->norm);
-    free(re->boxes), free(re->masks), free(re->mask_full), free(re->mask_grid), free(re->seg);
+    free(re->boxes), free(re->masks), free(re->mask_full), free(re->mask_grid), free(re->logits), free(re->crop_box);
     image_work_free(&re->ws);
     memset(re, 0, sizeof *re);
 }
@@ -70,7 +71,7 @@ static int round_half_even(double x) {
 static void classify(RegionEval *re, RegionCounts *rc, int method, int R, const int *labels) {
     const ClassEmbeddings *ce = re->classes;
     int K = ce->num;
-    float *logits = malloc((size_t)K * sizeof(float));
+    float *logits = re->logits;
     for (int r = 0; r < R; r++) {
         const float *f = re->feat + (size_t)r * ce->embed;
         for (int k = 0; k < K; k++) {
@@ -86,7 +87,6 @@ static void classify(RegionEval *re, RegionCounts *rc, int method, int R, const 
         rc->top1[(size_t)method * K + y] += above == 0;
         rc->top5[(size_t)method * K + y] += above < 5;
     }
-    free(logits);
 }
 
 int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const uint32_t *ids,
@@ -142,7 +142,7 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
         float *b = re->boxes + (size_t)R * 5;
         b[0] = 0.0f;
         for (int q = 0; q < 4; q++) b[1 + q] = bx[q] * (float)scale / (float)re->det * (float)g;
-        for (int q = 0; q < 4; q++) re->crop_box[R][q] = (float)cb[q];
+        for (int q = 0; q < 4; q++) re->crop_box[R][q] = cb[q];
         /* mask on the token grid: bicubic to (mh, mw), zero padding, > 0 */
         bicubic_resize(re->mask_grid, re->mask_full, H, W, mh, mw, 1);
         float *mk = re->masks + (size_t)R * N;
@@ -150,7 +150,6 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
             for (int gx = 0; gx < g; gx++)
                 mk[gy * g + gx] = gy < mh && gx < mw && re->mask_grid[gy * mw + gx] > 0.0f;
         labels[R] = sg->category;
-        re->seg[R] = s;
         R++;
     }
     *used = R;

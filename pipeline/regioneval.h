@@ -45,8 +45,8 @@ typedef struct {
     float *mask_full; /* (H*W) one segment's mask as float, grown as needed */
     float *mask_grid; /* (gh*gw) */
     size_t mask_cap;
-    int *seg;         /* (max_segments) index of each kept segment */
-    float crop_box[100][4];
+    float *logits;    /* (K) one region's class scores */
+    double (*crop_box)[4]; /* (max_segments, 4) */
     ImageWork ws;
 } RegionEval;
 

@@ -56,8 +56,12 @@ char *gather_text(const char *mine, MPI_Comm comm) {
     char *all = NULL;
     if (rank == 0) {
         long total = 0;
-        for (int r = 0; r < size; r++) displs[r] = (int)total, total += lens[r];
-        all = calloc((size_t)total + 1, 1);
+        for (int r = 0; lens && displs && r < size; r++) displs[r] = (int)total, total += lens[r];
+        all = lens && displs ? calloc((size_t)total + 1, 1) : NULL;
+        if (!all) { /* the other ranks are already in the gather: nothing to return to */
+            fprintf(stderr, "gather_text: out of memory on rank 0\n");
+            MPI_Abort(comm, 1);
+        }
     }
     MPI_Gatherv(mine, len, MPI_CHAR, all, lens, displs, MPI_CHAR, 0, comm);
     free(lens);

@@ -129,6 +129,13 @@ static int chunk_read_all(hid_t f, CacheChunk *c, const char *path) {
                       (void **)&c->skip_reason, path);
     H5Tclose(st);
     CS_TRY(rc);
+    if ((int)dims[0] != c->num_skipped) { /* free HDF5's strings before failing */
+        for (hsize_t i = 0; i < dims[0]; i++) H5free_memory(c->skip_reason[i]);
+        free(c->skip_reason);
+        c->skip_reason = NULL;
+        c->num_skipped = 0;
+        CS_FAIL("%s: skipped/image and skipped/reason differ in length", path);
+    }
     /* HDF5 allocated the strings: copy them into ours */
     for (int i = 0; i < c->num_skipped; i++) {
         char *s = strdup(c->skip_reason[i] ? c->skip_reason[i] : "");
@@ -325,14 +332,15 @@ int teacher_cache_open(TeacherCache *tc, const char *path, const CacheIdentity *
                                                         "embeddings or valid", path);
     }
     if (!rc) {
-        hid_t sp = H5Dget_space(tc->emb);
-        hsize_t d[2];
+        hid_t sp = H5Dget_space(tc->emb), sv = H5Dget_space(tc->valid);
+        hsize_t d[H5S_MAX_RANK], dv[H5S_MAX_RANK];
         int nd = H5Sget_simple_extent_dims(sp, d, NULL);
-        H5Sclose(sp);
-        if (nd != 2 || (int)d[1] != tc->embed)
-            rc = cs_error_set(__FILE__, __LINE__, "%s: embeddings are not (rows, %d)", path,
-                              tc->embed);
-        tc->rows = (long)d[0];
+        int nv = H5Sget_simple_extent_dims(sv, dv, NULL);
+        H5Sclose(sp), H5Sclose(sv);
+        if (nd != 2 || (int)d[1] != tc->embed || nv != 1 || dv[0] != d[0])
+            rc = cs_error_set(__FILE__, __LINE__, "%s: embeddings are not (rows, %d) with one "
+                              "valid flag per row", path, tc->embed);
+        tc->rows = nd == 2 ? (long)d[0] : 0;
     }
     h5u_quiet_end(&q);
     if (rc) teacher_cache_close(tc);

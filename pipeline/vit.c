@@ -163,7 +163,9 @@ void vit_forward(Vit *m, const float *img) {
 /* Gradient pointer of tensor i, or NULL when it is frozen. */
 static float *grad_of(Vit *m, int i, float *g) { return m->frozen[i] ? NULL : g; }
 
-void vit_backward(Vit *m, const float *dout, float *dimg) {
+int vit_backward(Vit *m, const float *dout, float *dimg) {
+    CS_CHECK(m->train && m->grads_mem, "vit_backward needs vit_prepare(..., train = 1) before "
+             "the forward, and vit_alloc_grads");
     const VitConfig *c = &m->cfg;
     const VitParams *w = &m->params;
     VitParams *g = &m->grads;
@@ -248,12 +250,12 @@ void vit_backward(Vit *m, const float *dout, float *dimg) {
     /* ln_pre and the token embedding */
     int need_tokens = !m->frozen[VIT_CLASS_EMB] || !m->frozen[VIT_POS_EMB] ||
                       !m->frozen[VIT_CONV1_W] || dimg;
-    if (m->frozen[VIT_LN_PRE_W] && m->frozen[VIT_LN_PRE_B] && !need_tokens) return;
+    if (m->frozen[VIT_LN_PRE_W] && m->frozen[VIT_LN_PRE_B] && !need_tokens) return 0;
     memset(a->dx2, 0, BTC * sizeof(float));
     layernorm_backward(a->dx2, grad_of(m, VIT_LN_PRE_W, g->ln_pre_w),
                        grad_of(m, VIT_LN_PRE_B, g->ln_pre_b), a->dx, a->x0, w->ln_pre_w,
                        a->lnpre_mean, a->lnpre_rstd, BT, C);
-    if (!need_tokens) return;
+    if (!need_tokens) return 0;
     for (int b = 0; b < B; b++) {
         const float *dx0 = a->dx2 + (size_t)b * T * C; /* (T, C) */
         if (!m->frozen[VIT_CLASS_EMB])
@@ -265,6 +267,7 @@ void vit_backward(Vit *m, const float *dout, float *dimg) {
     if (!m->frozen[VIT_CONV1_W] || dimg)
         patch_embed_backward(grad_of(m, VIT_CONV1_W, g->conv1_w), dimg, a->ln, a->cols,
                              w->conv1_w, B, m->H, m->W, c->patch, C);
+    return 0;
 }
 
 double vit_forward_flops(const Vit *m) {

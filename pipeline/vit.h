@@ -128,7 +128,9 @@ void vit_free(Vit *m);
 /* Allocate the gradient buffer (zeroed). */
 int vit_alloc_grads(Vit *m);
 void vit_zero_grad(Vit *m);
-/* CLIPSelf's frozen groups: patch embedding, class token, positional embedding, ln_post, proj. */
+/* CLIPSelf trains the transformer blocks only: the patch embedding, class token, positional
+ * embedding, ln_pre, ln_post and proj are frozen (the reference's open_clip lock() with as many
+ * unlocked groups as blocks). */
 void vit_freeze_clipself(Vit *m);
 /* Deterministic random initialisation (for tests and the synthetic world). */
 void vit_init_random(Vit *m, unsigned long long seed);
@@ -139,8 +141,8 @@ int vit_prepare(Vit *m, int mode, int B, int H, int W, int train);
 /* img (B, 3, H, W) normalised. Result in m->acts.out: (B, E) or (B, gh*gw, E). */
 void vit_forward(Vit *m, const float *img);
 /* dout has the shape of m->acts.out. Accumulates into m->grads (not frozen tensors). dimg
- * (B, 3, H, W) may be NULL. */
-void vit_backward(Vit *m, const float *dout, float *dimg);
+ * (B, 3, H, W) may be NULL. Needs a forward prepared with train = 1 and allocated gradients. */
+int vit_backward(Vit *m, const float *dout, float *dimg);
 
 /* Floating-point operations of one forward (multiply-add = 2) for the prepared shape. */
 double vit_forward_flops(const Vit *m);

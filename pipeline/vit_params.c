@@ -72,6 +72,9 @@ size_t vit_tensors(VitTensor t[VIT_NUM_TENSORS], const VitConfig *cfg) {
     return off;
 }
 
+_Static_assert(sizeof(VitParams) == VIT_NUM_TENSORS * sizeof(float *),
+               "VitParams must hold one pointer per tensor, in enum order");
+
 static void point(VitParams *p, float *mem, const VitTensor *t) {
     float **ptrs = (float **)p; /* VitParams is VIT_NUM_TENSORS float pointers in enum order */
     for (int i = 0; i < VIT_NUM_TENSORS; i++) ptrs[i] = mem + t[i].offset;
@@ -108,8 +111,8 @@ void vit_free(Vit *m) {
 
 void vit_freeze_clipself(Vit *m) {
     memset(m->frozen, 0, sizeof m->frozen);
-    static const int frozen[] = {VIT_CONV1_W, VIT_CLASS_EMB, VIT_POS_EMB, VIT_LN_POST_W,
-                                 VIT_LN_POST_B, VIT_PROJ};
+    static const int frozen[] = {VIT_CONV1_W,   VIT_CLASS_EMB, VIT_POS_EMB, VIT_LN_PRE_W,
+                                 VIT_LN_PRE_B,  VIT_LN_POST_W, VIT_LN_POST_B, VIT_PROJ};
     for (size_t i = 0; i < sizeof frozen / sizeof frozen[0]; i++) m->frozen[frozen[i]] = 1;
 }
 

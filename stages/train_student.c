@@ -261,7 +261,7 @@ int main(int argc, char **argv) {
         memset(ddense, 0, (size_t)batch * N * E * sizeof(float));
         clipself_loss_backward(&cl, ddense, (float)R / (float)Rg);
         vit_zero_grad(&student);
-        vit_backward(&student, ddense, NULL);
+        stage_check(&st, vit_backward(&student, ddense, NULL), NULL);
         for (int t = 0; t < VIT_NUM_TENSORS; t++) {
             if (student.frozen[t]) continue;
             const VitTensor *vt = &student.tensors[t];

@@ -231,7 +231,7 @@ static int bench_train(int S, int steps) {
         memset(ddense, 0, nd * sizeof(float));
         clipself_loss_backward(&cl, ddense, 1.0f);
         double t2 = now();
-        vit_backward(&m, ddense, NULL);
+        CS_DIE_IF_FAIL(vit_backward(&m, ddense, NULL));
         double t3 = now();
         adamw_step(&opt, &m, ocfg.lr);
         double t4 = now();

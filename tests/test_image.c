@@ -453,8 +453,8 @@ static void test_crop(void) {
         snprintf(path, sizeof path, "/crop/%s", names[i]);
         hid_t d = H5Dopen2(fx, path, H5P_DEFAULT);
         attr_str(d, "src", src, sizeof src);
-        float box[4];
-        attr_read(d, "box", H5T_NATIVE_FLOAT, box);
+        double box[4];
+        attr_read(d, "box", H5T_NATIVE_DOUBLE, box);
         H5Dclose(d);
         int dims[3];
         unsigned char *want = read_data(path, H5T_NATIVE_UCHAR, 1, dims, NULL);
@@ -472,10 +472,10 @@ static void test_crop(void) {
     free_names(names, n);
 
     Image in = pil_image("testorig");
-    const float empty[4] = {5.0f, 5.0f, 5.0f, 10.0f};
-    const float halves[4] = {3.5f, 0.0f, 4.5f, 5.0f}; /* both x round to 4 */
-    const float flipped[4] = {10.0f, 0.0f, 4.0f, 5.0f};
-    const float nan_box[4] = {NAN, 0.0f, 4.0f, 5.0f};
+    const double empty[4] = {5.0f, 5.0f, 5.0f, 10.0f};
+    const double halves[4] = {3.5f, 0.0f, 4.5f, 5.0f}; /* both x round to 4 */
+    const double flipped[4] = {10.0f, 0.0f, 4.0f, 5.0f};
+    const double nan_box[4] = {NAN, 0.0f, 4.0f, 5.0f};
     check_fails("crop: empty box", image_crop(&out, &in, empty), "degenerate box");
     check_fails("crop: box empty after half-to-even rounding", image_crop(&out, &in, halves),
                 "degenerate box");
@@ -531,8 +531,8 @@ static void test_crop_transform(void) {
         hid_t d = H5Dopen2(fx, path, H5P_DEFAULT);
         attr_str(d, "src", src, sizeof src);
         int S = attr_int(d, "S");
-        float box[4];
-        attr_read(d, "box", H5T_NATIVE_FLOAT, box);
+        double box[4];
+        attr_read(d, "box", H5T_NATIVE_DOUBLE, box);
         H5Dclose(d);
         int dims[3];
         float *want = read_data(path, H5T_NATIVE_FLOAT, 4, dims, NULL); /* (3, h, w) */
@@ -586,8 +586,8 @@ static void test_crop_transform(void) {
 
     Image in = pil_image("skimage_chelsea");
     float *out = malloc(sizeof *out * 3 * 224 * 224);
-    const float thin[4] = {0.0f, 0.0f, 451.0f, 0.4f}; /* rounds to height 0 */
-    const float sliver[4] = {0.0f, 0.0f, 451.0f, 1.0f}; /* 224/451 rounds the height to 0 */
+    const double thin[4] = {0.0f, 0.0f, 451.0f, 0.4f}; /* rounds to height 0 */
+    const double sliver[4] = {0.0f, 0.0f, 451.0f, 1.0f}; /* 224/451 rounds the height to 0 */
     check_fails("preprocess_crop: empty crop", preprocess_crop(out, &in, thin, 224, &ws),
                 "degenerate box");
     check_fails("preprocess_crop: crop that resizes to nothing",
@@ -682,7 +682,7 @@ static void report_speed(void) {
     double t1 = now();
     for (int i = 0; i < 5; i++) CS_DIE_IF_FAIL(preprocess_full(t, &in, 1024, &ws));
     double t2 = now();
-    const float box[4] = {100.5f, 50.25f, 400.0f, 300.0f};
+    const double box[4] = {100.5, 50.25, 400.0, 300.0};
     for (int i = 0; i < 50; i++) CS_DIE_IF_FAIL(preprocess_crop(t, &in, box, 224, &ws));
     double t3 = now();
     printf("speed: resize 640x427 -> 1024x683 %.1f ms, preprocess_full(1024) %.1f ms, "

@@ -114,7 +114,7 @@ static float dense_step(Vit *m, ClipselfLoss *cl, const float *img, const float 
     memset(ddense, 0, nd * sizeof(float));
     clipself_loss_backward(cl, ddense, 1.0f);
     vit_zero_grad(m);
-    vit_backward(m, ddense, NULL);
+    CS_DIE_IF_FAIL(vit_backward(m, ddense, NULL));
     return loss;
 }
 
@@ -225,7 +225,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     close_scaled(label, m.acts.out, want, (size_t)BI * E, fwd_rel);
     free(want);
     vit_zero_grad(&m);
-    vit_backward(&m, iw, NULL);
+    CS_DIE_IF_FAIL(vit_backward(&m, iw, NULL));
     snprintf(label, sizeof label, "%s image", cfgname);
     compare_tensors(label, &m, m.grads_mem, f, "/image/grad", 0, grad_rel, 0.0f, 0.0f);
 

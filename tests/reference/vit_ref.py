@@ -74,7 +74,8 @@ Fixtures: tiny.h5 and b16.h5 (float32 datasets unless said otherwise)
       grad/<name>                   d loss / d parameter, only for the parameters CLIPSelf
                                     trains: all except visual.conv1.weight,
                                     visual.class_embedding, visual.positional_embedding,
-                                    visual.ln_post.{weight,bias}, visual.proj (no dataset for
+                                    visual.ln_pre.{weight,bias}, visual.ln_post.{weight,bias},
+                                    visual.proj (the transformer blocks only; no dataset for
                                     those). The q and k rows of the last block's in_proj get
                                     zero gradient (the dense path uses only v).
   /image  attributes B, H, W (int64); H = W = grid * patch
@@ -123,7 +124,10 @@ CONFIGS = {
 }
 ADAMW = dict(lr=1e-3, weight_decay=0.1, beta1=0.9, beta2=0.999, eps=1e-8, warmup=2,
              total_steps=5, steps=3)
+# CLIPSelf trains the transformer blocks only: its open_clip lock() with unlocked groups = the
+# depth leaves conv1, class_embedding, ln_pre, positional_embedding, ln_post and proj frozen.
 FROZEN = ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding",
+          "visual.ln_pre.weight", "visual.ln_pre.bias",
           "visual.ln_post.weight", "visual.ln_post.bias", "visual.proj")
 
 
