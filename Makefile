@@ -7,7 +7,7 @@
 #   make deps       install missing Debian packages (scripts/install-deps)
 #
 # Switches: SAN=1 builds with AddressSanitizer + UBSan into build-san/; WERROR=1 adds -Werror;
-# NO_TORCH=1 skips the PyTorch reference (its tests then fail: they need the fixtures).
+# V=1 shows the compiler commands; NO_TORCH=1 leaves PyTorch out of make bench.
 
 SAN ?= 0
 V ?= 0

@@ -341,6 +341,9 @@ int teacher_cache_open(TeacherCache *tc, const char *path, const CacheIdentity *
             rc = cs_error_set(__FILE__, __LINE__, "%s: embeddings are not (rows, %d) with one "
                               "valid flag per row", path, tc->embed);
         tc->rows = nd == 2 ? (long)d[0] : 0;
+        hid_t ty = H5Dget_type(tc->emb);
+        tc->fp16 = H5Tget_size(ty) == 2;
+        H5Tclose(ty);
     }
     h5u_quiet_end(&q);
     if (rc) teacher_cache_close(tc);

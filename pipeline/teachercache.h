@@ -52,6 +52,7 @@ typedef struct {
     hid_t file, emb, valid;
     long rows;
     int embed;
+    int fp16;      /* the embeddings are stored as float16 */
     int num_skipped;
     char path[4096];
 } TeacherCache;

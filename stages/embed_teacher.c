@@ -36,13 +36,15 @@ typedef struct {
     int n;           /* crops queued */
 } Batcher;
 
-static void flush(Batcher *b) {
-    if (b->n == 0) return;
-    if (vit_prepare(b->model, VIT_IMAGE, b->n, b->S, b->S, 0) != 0) return;
-    vit_forward(b->model, b->imgs);
-    for (int k = 0; k < b->n; k++)
-        memcpy(b->dst[k], b->model->acts.out + (size_t)k * b->E, (size_t)b->E * sizeof(float));
+static int flush(Batcher *b) {
+    if (b->n == 0) return 0;
+    int n = b->n;
     b->n = 0;
+    CS_TRY(vit_prepare(b->model, VIT_IMAGE, n, b->S, b->S, 0));
+    vit_forward(b->model, b->imgs);
+    for (int k = 0; k < n; k++)
+        memcpy(b->dst[k], b->model->acts.out + (size_t)k * b->E, (size_t)b->E * sizeof(float));
+    return 0;
 }
 
 /* Why image i cannot be used, or NULL. */
@@ -91,12 +93,12 @@ static int compute_chunk(CacheChunk *c, const CropFile *cf, int lo, int hi, cons
                 break;
             }
             b->dst[b->n++] = c->emb + (size_t)(r - first) * b->E;
-            if (b->n == b->batch) flush(b);
+            if (b->n == b->batch) CS_TRY(flush(b));
         }
         for (long r = r0; r < r1; r++) c->valid[r - first] = !bad;
         if (bad) {
-            /* rows of a bad image stay zero; its queued crops are dropped */
-            flush(b);
+            /* rows of a bad image stay zero: its queued crops go through and are then cleared */
+            CS_TRY(flush(b));
             memset(c->emb + (size_t)(r0 - first) * b->E, 0, (size_t)(r1 - r0) * b->E * sizeof(float));
             c->skip_image[c->num_skipped] = i;
             c->skip_reason[c->num_skipped] = strdup(bad);
@@ -104,8 +106,7 @@ static int compute_chunk(CacheChunk *c, const CropFile *cf, int lo, int hi, cons
             fprintf(stderr, "embed_teacher: skipping image %d: %s\n", i, bad);
         }
     }
-    flush(b);
-    return 0;
+    return flush(b);
 }
 
 int main(int argc, char **argv) {
@@ -156,12 +157,22 @@ int main(int argc, char **argv) {
     Vit model;
     stage_check(&st, vit_load(&model, teacher, NULL), NULL);
     if (S <= 0) S = model.cfg.grid * model.cfg.patch;
+    if (S % model.cfg.patch != 0) {
+        cs_error_set(__FILE__, __LINE__, "--size %d is not a multiple of the patch %d", S,
+                     model.cfg.patch);
+        stage_die(&st, NULL);
+    }
     CacheIdentity id = {tdig, cf.digest, S, model.cfg.embed};
 
     /* an existing cache: done if it is this one, refused if it is another */
     if (access(out, F_OK) == 0) {
         TeacherCache tc;
         int rc = teacher_cache_open(&tc, out, &id);
+        if (rc == 0 && tc.fp16 != fp16) {
+            rc = cs_error_set(__FILE__, __LINE__, "%s stores %s embeddings, %s were asked for", out,
+                              tc.fp16 ? "float16" : "float32", fp16 ? "float16" : "float32");
+            teacher_cache_close(&tc);
+        }
         if (rc == 0) {
             teacher_cache_close(&tc);
             if (st.rank == 0) printf("embed_teacher: %s is complete and matches: nothing to do\n", out);

@@ -123,6 +123,11 @@ int main(int argc, char **argv) {
         printf("%s\nevaluate: %d images (%d skipped), %d segments in %.1f s; wrote %s and %s\n",
                table, stats[0], stats[1], stats[2], info.seconds, out, md);
     }
+    if (stats[0] == 0) { /* every image skipped: a result of nothing is a failure */
+        cs_error_set(__FILE__, __LINE__, "no image of %s could be evaluated (%d skipped)", name,
+                     stats[1]);
+        stage_die(&st, "the reasons are above and in the results' skipped list");
+    }
     free(ids);
     free(skipped);
     free(all_skipped);

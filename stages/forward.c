@@ -49,6 +49,11 @@ int main(int argc, char **argv) {
                        "print a summary per image (norm and first values of its embedding, or "
                        "of its mean dense token) and the images/s of the whole job.",
                        opts, (int)(sizeof opts / sizeof opts[0]));
+    if (rc == 0 && (batch < 1 || nimg < 1)) {
+        if (rank == 0) fprintf(stderr, "forward: --batch and --images must be at least 1\n");
+        MPI_Finalize();
+        return 2;
+    }
     if (rc != 0 || !ckpt) {
         if (rank == 0 && rc <= 0)
             fprintf(stderr, "forward: %s\n", rc < 0 ? cs_error() : "--checkpoint is required");

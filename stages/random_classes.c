@@ -6,6 +6,7 @@
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "classes.h"
@@ -27,7 +28,8 @@ int main(int argc, char **argv) {
     };
     if (stage_options(&st, argc, argv,
                       "Write random unit class embeddings for the dataset's panoptic categories "
-                      "(a placeholder: evaluation against them measures chance).",
+                      "(a placeholder: evaluation against them measures chance). An existing file "
+                      "is never replaced.",
                       opts, (int)(sizeof opts / sizeof opts[0]))) {
         stage_end(&st);
         return 0;
@@ -39,6 +41,12 @@ int main(int argc, char **argv) {
     if (st.rank == 0) {
         Dataset ds;
         stage_check(&st, dataset_lookup(&ds, cfg, name), NULL);
+        const char *dst = out ? out : ds.classes;
+        if (access(dst, F_OK) == 0) { /* never replace class embeddings, real or not */
+            printf("random_classes: %s exists: kept\n", dst);
+            stage_end(&st);
+            return 0;
+        }
         CocoPanoptic pan;
         stage_check(&st, coco_read_panoptic(&pan, ds.panoptic), NULL);
         int K = pan.categories.num;

@@ -3,11 +3,15 @@
  * Every step takes a global batch of --batch images per rank: each rank runs the student's v2
  * dense path on its own images at --det-size, pools each crop box of the current epoch with
  * RoIAlign, and scores it against the cached teacher embedding of that crop
- * (1 - mean cosine over the global batch's boxes). Gradients are summed over ranks, then every
- * rank takes the same AdamW step, so the replicas stay identical. After each epoch the model
+ * (1 - mean cosine over all the global batch's boxes, so a step is the same on any split of the
+ * batch over ranks; the reference's DDP averages each GPU's own mean instead). Gradients are
+ * summed over ranks, then every rank takes the same AdamW step, so the replicas stay identical.
+ * After each epoch the model
  * saved is alpha * student + (1 - alpha) * teacher; training goes on from the student.
  * Checkpoints (parameters, AdamW moments, step) are written atomically every --save-every
- * steps and on SIGTERM/SIGUSR1; --resume continues from the newest one, bit-identically. */
+ * steps and on SIGTERM/SIGUSR1; --resume continues from the newest one, bit-identically, and
+ * refuses a run folder whose settings (run.txt) differ. */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -17,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "adamw.h"
 #include "check.h"
@@ -72,6 +77,25 @@ static long newest_checkpoint(const char *dir) {
 /* out = alpha * a + (1 - alpha) * b over the flat buffers */
 static void ensemble(float *out, const float *a, const float *b, size_t n, float alpha) {
     for (size_t i = 0; i < n; i++) out[i] = alpha * a[i] + (1.0f - alpha) * b[i];
+}
+
+/* epoch_<epoch+1>.h5 = alpha * student + (1 - alpha) * teacher, and student.h5 when final. */
+static int save_epoch(const Vit *student, const Vit *teacher, float alpha, const char *run,
+                      int epoch, int final) {
+    Vit out;
+    char path[4200];
+    CS_TRY(vit_init(&out, &student->cfg));
+    ensemble(out.params_mem, student->params_mem, teacher->params_mem, student->num_params, alpha);
+    snprintf(path, sizeof path, "%s/epoch_%d.h5", run, epoch + 1);
+    int rc = vit_save_h5(&out, path, NULL);
+    if (!rc && final) {
+        snprintf(path, sizeof path, "%s/student.h5", run);
+        rc = vit_save_h5(&out, path, NULL);
+    }
+    vit_free(&out);
+    if (!rc) printf("train_student: epoch %d done, ensembled model %s/epoch_%d.h5%s\n", epoch + 1,
+                    run, epoch + 1, final ? " and student.h5" : "");
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -172,31 +196,67 @@ int main(int argc, char **argv) {
                      nusable, G);
         stage_die(&st, "use fewer ranks or a smaller --batch");
     }
+    if (st.rank == 0 && warmup >= total)
+        fprintf(stderr, "train_student: warning: --warmup %d is not below the %ld steps of the "
+                "run: the learning rate never leaves the warmup\n", warmup, total);
     char path[4096];
     if (st.rank == 0 && mkdir(run, 0777) != 0 && errno != EEXIST) {
         cs_error_set(__FILE__, __LINE__, "cannot create %s: %s", run, strerror(errno));
         stage_die(&st, NULL);
     }
-    long step = 0;
-    if (resume) {
-        long newest = newest_checkpoint(run);
-        if (newest >= 0) {
-            Vit back;
-            VitOptState os;
-            snprintf(path, sizeof path, "%s/step_%08ld.h5", run, newest);
-            stage_check(&st, vit_load_h5(&back, path, &os), NULL);
-            if (back.num_params != student.num_params) {
-                cs_error_set(__FILE__, __LINE__, "%s is not a checkpoint of this model", path);
-                stage_die(&st, NULL);
-            }
-            memcpy(student.params_mem, back.params_mem, student.num_params * sizeof(float));
-            memcpy(opt.m, os.m, student.num_params * sizeof(float));
-            memcpy(opt.v, os.v, student.num_params * sizeof(float));
-            opt.step = step = os.step;
-            free(os.m), free(os.v);
-            vit_free(&back);
-            if (st.rank == 0) printf("train_student: resumed from %s (step %ld)\n", path, step);
+    /* What a resumed run must share with the run it continues: anything else would change the
+     * schedule, the data order or the arithmetic. */
+    char signature[1024], sigpath[4200];
+    snprintf(signature, sizeof signature,
+             "ranks=%d batch=%d epochs=%d seed=%d lr=%.9g wd=%.9g warmup=%d det=%d alpha=%.9g "
+             "crops=%016llx teacher=%016llx\n",
+             st.size, batch, epochs, seed, (double)lr, (double)wd, warmup, det, (double)alpha,
+             (unsigned long long)cf.digest, (unsigned long long)tdig);
+    snprintf(sigpath, sizeof sigpath, "%s/run.txt", run);
+    long step = 0, newest = -1;
+    if (resume && st.rank == 0) {
+        newest = newest_checkpoint(run); /* one rank decides: file systems may disagree */
+        char old[1024] = "";
+        FILE *sf = fopen(sigpath, "r");
+        if (sf) {
+            if (!fgets(old, sizeof old, sf)) old[0] = 0;
+            fclose(sf);
         }
+        if (newest >= 0 && strcmp(old, signature) != 0) {
+            cs_error_set(__FILE__, __LINE__, "%s was made by a run with other settings:\n  was: "
+                         "%s  now: %s", run, old[0] ? old : "(unknown)\n", signature);
+            stage_die(&st, "resume with the same ranks, batch, epochs, seed, schedule, crops and "
+                           "teacher, or start in a new --run-dir");
+        }
+    }
+    if (!resume && st.rank == 0 && newest_checkpoint(run) >= 0) {
+        cs_error_set(__FILE__, __LINE__, "%s already holds checkpoints of a run", run);
+        stage_die(&st, "continue it with --resume, or choose a new --run-dir");
+    }
+    MPI_Bcast(&newest, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+    if (st.rank == 0 && newest < 0) {
+        FILE *sf = fopen(sigpath, "w");
+        if (!sf || fputs(signature, sf) < 0 || fclose(sf) != 0) {
+            cs_error_set(__FILE__, __LINE__, "cannot write %s", sigpath);
+            stage_die(&st, NULL);
+        }
+    }
+    if (newest >= 0) {
+        Vit back;
+        VitOptState os;
+        snprintf(path, sizeof path, "%s/step_%08ld.h5", run, newest);
+        stage_check(&st, vit_load_h5(&back, path, &os), NULL);
+        if (back.num_params != student.num_params) {
+            cs_error_set(__FILE__, __LINE__, "%s is not a checkpoint of this model", path);
+            stage_die(&st, NULL);
+        }
+        memcpy(student.params_mem, back.params_mem, student.num_params * sizeof(float));
+        memcpy(opt.m, os.m, student.num_params * sizeof(float));
+        memcpy(opt.v, os.v, student.num_params * sizeof(float));
+        opt.step = step = os.step;
+        free(os.m), free(os.v);
+        vit_free(&back);
+        if (st.rank == 0) printf("train_student: resumed from %s (step %ld)\n", path, step);
     }
     int N = (det / c->patch) * (det / c->patch), E = c->embed, S = det;
     size_t maxbox = (size_t)batch * cf.max_boxes;
@@ -212,6 +272,16 @@ int main(int argc, char **argv) {
     FILE *log = NULL;
     if (st.rank == 0) {
         snprintf(path, sizeof path, "%s/train_log.csv", run);
+        if (step) { /* rows after the checkpoint resumed from are about to be redone */
+            FILE *old = fopen(path, "r");
+            char tmp[4200], line[256];
+            snprintf(tmp, sizeof tmp, "%s.tmp", path);
+            FILE *keep = old ? fopen(tmp, "w") : NULL;
+            while (keep && fgets(line, sizeof line, old))
+                if (atol(line) <= step || !isdigit((unsigned char)line[0])) fputs(line, keep);
+            if (old) fclose(old);
+            if (keep && fclose(keep) == 0) rename(tmp, path);
+        }
         log = fopen(path, step ? "a" : "w");
         if (log && !step) fprintf(log, "step,epoch,loss,lr,images_per_s\n");
         printf("train_student: %d usable images, %d ranks x %d images, %ld steps per epoch, %d "
@@ -288,21 +358,9 @@ int main(int argc, char **argv) {
             snprintf(path, sizeof path, "%s/step_%08ld.h5", run, step);
             stage_check(&st, vit_save_h5(&student, path, &os), NULL);
         }
-        if (st.rank == 0 && epoch_end) {
-            Vit out;
-            stage_check(&st, vit_init(&out, c), NULL);
-            ensemble(out.params_mem, student.params_mem, teacher.params_mem, student.num_params,
-                     alpha);
-            snprintf(path, sizeof path, "%s/epoch_%d.h5", run, epoch + 1);
-            stage_check(&st, vit_save_h5(&out, path, NULL), NULL);
-            if (step == total) {
-                snprintf(path, sizeof path, "%s/student.h5", run);
-                stage_check(&st, vit_save_h5(&out, path, NULL), NULL);
-            }
-            vit_free(&out);
-            printf("train_student: epoch %d done, ensembled model %s/epoch_%d.h5\n", epoch + 1,
-                   run, epoch + 1);
-        }
+        if (st.rank == 0 && epoch_end)
+            stage_check(&st, save_epoch(&student, &teacher, alpha, run, epoch, step == total),
+                        NULL);
         if (stop && step < total) {
             if (st.rank == 0)
                 printf("train_student: stopping at step %ld (%s); continue with --resume\n", step,
@@ -311,6 +369,10 @@ int main(int argc, char **argv) {
         }
     }
     progress_done(&prog, step);
+    /* a run killed between its last checkpoint and its final model finishes here on resume */
+    snprintf(path, sizeof path, "%s/student.h5", run);
+    if (st.rank == 0 && step == total && access(path, F_OK) != 0)
+        stage_check(&st, save_epoch(&student, &teacher, alpha, run, epochs - 1, 1), NULL);
     if (log) fclose(log);
     free(valid), free(usable), free(imgs), free(boxes), free(target), free(ddense);
     free(order), free(vrow);

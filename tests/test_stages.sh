@@ -19,6 +19,13 @@ bad() { fail=$((fail + 1)); echo "FAIL $*"; }
 check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok; else bad "$name"; fi; }
 run() { timeout 600 "$@" >>"$T/log" 2>&1; } # every stage's output goes to the log
 same_h5() { h5diff -q "$1" "$2" >/dev/null 2>&1; }
+# SIGKILL a process group and wait until none of it is left
+kill_group() {
+  kill -9 -- "-$1" 2>/dev/null
+  wait "$1" 2>/dev/null
+  for _ in $(seq 1 100); do kill -0 -- "-$1" 2>/dev/null || return 0; sleep 0.1; done
+  bad "process group $1 survived kill -9"
+}
 
 cat >"$T/datasets.cfg" <<CFG
 [t]
@@ -54,13 +61,13 @@ check "embed_teacher: --fp16 stores float16 equal to the float32 cache rounded" 
 import h5py, numpy as np, sys
 a = h5py.File('$T/cache1.h5')['embeddings'][()]; b = h5py.File('$T/cache16.h5')['embeddings']
 sys.exit(0 if b.dtype == np.float16 and np.array_equal(a.astype(np.float16), b[()]) else 1)"
-( exec timeout 600 "${MPI2[@]}" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --size 128 --out "$T/cacheK.h5" >>"$T/log" 2>&1 ) &
-pid=$!
+setsid "${MPI2[@]}" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --size 128 --out "$T/cacheK.h5" >>"$T/log" 2>&1 &
+pid=$! # setsid made it the leader of its own process group: kill the whole group
 for _ in $(seq 1 600); do
   n=$(ls "$T/cacheK.h5.parts" 2>/dev/null | grep -c '^chunk-.*\.h5$')
   [ "$n" -ge 4 ] && break; sleep 0.05
 done
-pkill -9 -P "$pid" >/dev/null 2>&1; pkill -9 -f "cacheK.h5" >/dev/null 2>&1; wait "$pid" 2>/dev/null
+kill_group "$pid"
 check "embed_teacher: the killed run left chunks and no cache" test ! -e "$T/cacheK.h5" -a -d "$T/cacheK.h5.parts"
 out=$(timeout 600 "${MPI2[@]}" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --size 128 --out "$T/cacheK.h5" 2>&1)
 check "embed_teacher: the rerun reused finished chunks" grep -qE '\(([1-9][0-9]*) already on disk\)' <<<"$out"
@@ -95,11 +102,15 @@ l = [open(p).read().splitlines()[1].split(',')[2] for p in ('$T/r1x2/train_log.c
 sys.exit(0 if abs(float(l[0]) - float(l[1])) < 1e-6 else 1)"
 TR2=("${TR[@]}" --batch 2 --epochs 2 --save-every 2)
 run "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/full"
-( exec timeout 600 "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/killed" >>"$T/log" 2>&1 ) &
+setsid "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/killed" >>"$T/log" 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do [ -e "$T/killed/step_00000006.h5" ] && break; sleep 0.02; done
-kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+kill_group "$pid"
 check "train_student: the kill came before the end" test ! -e "$T/killed/student.h5"
+check "train_student: a fresh run refuses a folder with checkpoints" bash -c \
+  "! '$BIN/train_student' --datasets '$T/datasets.cfg' --dataset t ${TR2[*]} --run-dir '$T/killed' >/dev/null 2>&1"
+out=$("$BIN/train_student" "${D[@]}" "${TR[@]}" --batch 1 --epochs 2 --save-every 2 --run-dir "$T/killed" --resume 2>&1)
+check "train_student: resuming with other settings is refused" grep -q "other settings" <<<"$out"
 run "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/killed" --resume
 check "train_student: resumed run equals the uninterrupted one bit for bit" same_h5 "$T/full/student.h5" "$T/killed/student.h5"
 check "train_student: epoch models written" test -e "$T/full/epoch_1.h5" -a -e "$T/full/epoch_2.h5"
