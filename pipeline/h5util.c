@@ -168,8 +168,22 @@ int h5u_commit(const char *tmp, const char *path) {
     if (rc == 0 && rename(tmp, path) != 0)
         rc = cs_error_set(__FILE__, __LINE__, "cannot rename %s to %s: %s", tmp, path,
                           strerror(errno));
-    if (rc != 0) unlink(tmp);
-    return rc;
+    if (rc != 0) {
+        unlink(tmp);
+        return rc;
+    }
+    /* the rename itself lives in the directory: sync it too, or a crash may undo it */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *(slash == dir ? slash + 1 : slash) = 0;
+    else snprintf(dir, sizeof dir, ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    return 0;
 }
 
 hid_t h5u_string_type(void) {
