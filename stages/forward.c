@@ -9,9 +9,9 @@
 
 #include "check.h"
 #include "checkpoint.h"
-#include "cli.h"
 #include "ops.h"
 #include "progress.h"
+#include "stage.h"
 #include "vit.h"
 
 /* Image i as a smooth pattern plus noise, a function of i alone (any rank count gives the same
@@ -30,10 +30,9 @@ static void synth_image(float *img, int i, int H, int W) {
 }
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
-    int rank, size;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    Stage st;
+    stage_begin(&st, "forward", &argc, &argv);
+    int rank = st.rank, size = st.size;
     const char *ckpt = NULL, *mode_s = "image";
     int H = 0, W = 0, batch = 4, nimg = 8;
     CliOpt opts[] = {
@@ -44,36 +43,27 @@ int main(int argc, char **argv) {
         {"batch", CLI_INT, &batch, "images per forward on each rank"},
         {"images", CLI_INT, &nimg, "synthetic images in all, split over the ranks"},
     };
-    int rc = cli_parse(argc, argv,
+    if (stage_options(&st, argc, argv,
                        "Forward a ViT checkpoint over synthetic images on every MPI rank and "
                        "print a summary per image (norm and first values of its embedding, or "
                        "of its mean dense token) and the images/s of the whole job.",
-                       opts, (int)(sizeof opts / sizeof opts[0]));
-    if (rc == 0 && (batch < 1 || nimg < 1)) {
-        if (rank == 0) fprintf(stderr, "forward: --batch and --images must be at least 1\n");
-        MPI_Finalize();
-        return 2;
+                       opts, (int)(sizeof opts / sizeof opts[0]))) {
+        stage_end(&st);
+        return 0;
     }
-    if (rc != 0 || !ckpt) {
-        if (rank == 0 && rc <= 0)
-            fprintf(stderr, "forward: %s\n", rc < 0 ? cs_error() : "--checkpoint is required");
-        MPI_Finalize();
-        return rc > 0 ? 0 : 2;
+    if (!ckpt || batch < 1 || nimg < 1) {
+        cs_error_set(__FILE__, __LINE__, "--checkpoint is required; --batch and --images must "
+                     "be at least 1");
+        stage_die(&st, "see --help");
     }
     int mode = !strcmp(mode_s, "dense") ? VIT_DENSE : VIT_IMAGE;
     Vit m;
-    if (vit_load(&m, ckpt, NULL) != 0) {
-        fprintf(stderr, "forward: rank %d: %s\n", rank, cs_error());
-        MPI_Abort(MPI_COMM_WORLD, 1);
-    }
+    stage_check(&st, vit_load(&m, ckpt, NULL), NULL);
     const VitConfig *c = &m.cfg;
     if (H <= 0) H = c->grid * c->patch;
     if (W <= 0) W = c->grid * c->patch;
     int E = c->embed;
-    if (vit_prepare(&m, mode, batch, H, W, 0) != 0) {
-        fprintf(stderr, "forward: %s\n", cs_error());
-        MPI_Abort(MPI_COMM_WORLD, 2);
-    }
+    stage_check(&st, vit_prepare(&m, mode, batch, H, W, 0), NULL);
     int N = m.gh * m.gw;
     if (rank == 0)
         printf("forward: %s: width %d, %d layers, %d heads, patch %d; %s mode at %dx%d, %d "
@@ -132,6 +122,6 @@ int main(int argc, char **argv) {
     free(img);
     free(summary);
     vit_free(&m);
-    MPI_Finalize();
+    stage_end(&st);
     return 0;
 }

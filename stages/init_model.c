@@ -1,19 +1,17 @@
 /* init_model: write a randomly initialised CLIP ViT checkpoint (HDF5) of a given shape, the
  * starting point of the small self-made models that tests and demos run on. */
-#include <mpi.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "check.h"
 #include "checkpoint.h"
-#include "cli.h"
 #include "ops.h"
+#include "stage.h"
 #include "vit.h"
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
-    int rank;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    Stage st;
+    stage_begin(&st, "init_model", &argc, &argv);
     const char *out = NULL, *preset = "tiny", *act = NULL;
     VitConfig c = {0};
     int seed = 0;
@@ -30,16 +28,14 @@ int main(int argc, char **argv) {
         {"act", CLI_STRING, &act, "quickgelu | gelu (default: the preset's)"},
         {"seed", CLI_INT, &seed, "random seed"},
     };
-    int rc = cli_parse(argc, argv,
+    if (stage_options(&st, argc, argv,
                        "Write a randomly initialised CLIP ViT (open_clip layout) to an HDF5 "
                        "checkpoint. Presets: tiny = width 64, 2 layers, 4 heads, mlp 256, embed "
                        "32, patch 8, grid 8, GELU; b16 = ViT-B/16 (OpenAI shape, QuickGELU); "
                        "l14 = ViT-L/14 at 336.",
-                       opts, (int)(sizeof opts / sizeof opts[0]));
-    if (rc != 0) {
-        if (rc < 0) fprintf(stderr, "init_model: %s\n", cs_error());
-        MPI_Finalize();
-        return rc < 0 ? 2 : 0;
+                       opts, (int)(sizeof opts / sizeof opts[0]))) {
+        stage_end(&st);
+        return 0;
     }
     VitConfig p;
     if (!strcmp(preset, "tiny")) {
@@ -49,9 +45,8 @@ int main(int argc, char **argv) {
     } else if (!strcmp(preset, "l14")) {
         p = (VitConfig){1024, 24, 16, 4096, 768, 14, 24, ACT_QUICKGELU, 1e-5f};
     } else {
-        fprintf(stderr, "init_model: unknown preset '%s' (tiny, b16 or l14)\n", preset);
-        MPI_Abort(MPI_COMM_WORLD, 2);
-        return 2;
+        cs_error_set(__FILE__, __LINE__, "unknown preset '%s' (tiny, b16 or l14)", preset);
+        stage_die(&st, NULL);
     }
     int *over[] = {&c.width, &c.layers, &c.heads, &c.mlp, &c.embed, &c.patch, &c.grid};
     int *dst[] = {&p.width, &p.layers, &p.heads, &p.mlp, &p.embed, &p.patch, &p.grid};
@@ -59,26 +54,26 @@ int main(int argc, char **argv) {
         if (*over[i] > 0) *dst[i] = *over[i];
     if (act) {
         if (strcmp(act, "gelu") && strcmp(act, "quickgelu")) {
-            fprintf(stderr, "init_model: --act must be gelu or quickgelu, got '%s'\n", act);
-            MPI_Abort(MPI_COMM_WORLD, 2);
+            cs_error_set(__FILE__, __LINE__, "--act must be gelu or quickgelu, got '%s'", act);
+            stage_die(&st, NULL);
         }
         p.act = !strcmp(act, "gelu") ? ACT_GELU : ACT_QUICKGELU;
     }
     if (!out) {
-        fprintf(stderr, "init_model: --out is required (see --help)\n");
-        MPI_Abort(MPI_COMM_WORLD, 2);
+        cs_error_set(__FILE__, __LINE__, "--out is required");
+        stage_die(&st, "see --help");
     }
-    if (rank == 0) {
+    if (st.rank == 0) {
         Vit m;
-        CS_DIE_IF_FAIL(vit_init(&m, &p));
+        stage_check(&st, vit_init(&m, &p), NULL);
         vit_init_random(&m, (unsigned long long)seed);
-        CS_DIE_IF_FAIL(vit_save_h5(&m, out, NULL));
+        stage_check(&st, vit_save_h5(&m, out, NULL), NULL);
         printf("init_model: wrote %s (width %d, %d layers, %d heads, mlp %d, embed %d, patch %d, "
                "grid %d, %s; %zu parameters)\n",
                out, p.width, p.layers, p.heads, p.mlp, p.embed, p.patch, p.grid,
                p.act == ACT_GELU ? "gelu" : "quickgelu", m.num_params);
         vit_free(&m);
     }
-    MPI_Finalize();
+    stage_end(&st);
     return 0;
 }

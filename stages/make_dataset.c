@@ -8,8 +8,8 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "cli.h"
 #include "progress.h"
+#include "stage.h"
 #include "synth.h"
 
 /* Gather every rank's records and RLE strings on rank 0 into all: records grouped by rank, the
@@ -75,10 +75,9 @@ static int any_failed(int rc, int rank) {
 }
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
-    int rank, size;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    Stage st;
+    stage_begin(&st, "make_dataset", &argc, &argv);
+    int rank = st.rank, size = st.size;
     const char *out = NULL;
     SynthConfig c = {.train = 1000, .val = 200, .seed = 0, .min_size = 160, .max_size = 320};
     CliOpt opts[] = {
@@ -89,26 +88,28 @@ int main(int argc, char **argv) {
         {"min-size", CLI_INT, &c.min_size, "smallest image side in pixels"},
         {"max-size", CLI_INT, &c.max_size, "largest image side in pixels"},
     };
-    int rc = cli_parse(argc, argv,
+    if (stage_options(&st, argc, argv,
                        "Write a synthetic COCO-format world to --out: images/*.jpg, "
                        "instances_train.json, panoptic_val.json with panoptic_val/*.png, and "
                        "categories.json. Things are 10 shapes (ids 1-10), stuff 7 backgrounds "
                        "(ids 100-121). Any number of ranks writes the same bytes.",
-                       opts, (int)(sizeof opts / sizeof opts[0]));
-    if (rc != 0 || !out) {
-        if (rank == 0 && rc <= 0)
-            fprintf(stderr, "make_dataset: %s\n", rc < 0 ? cs_error() : "--out is required (see --help)");
-        MPI_Finalize();
-        return rc > 0 ? 0 : 2;
+                       opts, (int)(sizeof opts / sizeof opts[0]))) {
+        stage_end(&st);
+        return 0;
     }
+    if (!out) {
+        cs_error_set(__FILE__, __LINE__, "--out is required");
+        stage_die(&st, "see --help");
+    }
+    int rc;
     if (synth_config_check(&c) != 0) {
         if (rank == 0) fprintf(stderr, "make_dataset: %s\n", cs_error());
-        MPI_Finalize();
+        stage_end(&st);
         return 2;
     }
     rc = rank == 0 ? synth_prepare_dirs(out) : 0;
     if (any_failed(rc, rank)) {
-        MPI_Finalize();
+        stage_end(&st);
         return 1;
     }
     double start = now_seconds();
@@ -117,7 +118,7 @@ int main(int argc, char **argv) {
     SynthRecords mine = {0}, all = {0};
     rc = synth_generate(&c, out, rank, size, &mine, &p);
     if (any_failed(rc, rank)) {
-        MPI_Finalize();
+        stage_end(&st);
         return 1;
     }
     rc = gather(&mine, &all, rank, size);
@@ -126,7 +127,7 @@ int main(int argc, char **argv) {
         rc = synth_write_annotations(&c, out, &all);
     }
     if (any_failed(rc, rank)) {
-        MPI_Finalize();
+        stage_end(&st);
         return 1;
     }
     if (rank == 0) {
@@ -140,6 +141,6 @@ int main(int argc, char **argv) {
     }
     synth_records_free(&mine);
     synth_records_free(&all);
-    MPI_Finalize();
+    stage_end(&st);
     return 0;
 }
