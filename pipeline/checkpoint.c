@@ -35,10 +35,11 @@ static int write_tensors(hid_t loc, const Vit *m, const float *buf, const char *
             hsize_t dims[4];
             block_name(name, sizeof name, dims, t, b);
             const float *src = buf + t->offset + (size_t)b * (t->numel / (size_t)blocks);
-            hid_t sp = H5Screate_simple(t->ndim, dims, NULL);
-            hid_t ds = sp >= 0 ? H5Dcreate2(loc, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT,
-                                            H5P_DEFAULT, H5P_DEFAULT)
+            hid_t sp = H5Screate_simple(t->ndim, dims, NULL), dcpl = h5u_dcpl();
+            hid_t ds = sp >= 0 ? H5Dcreate2(loc, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl,
+                                            H5P_DEFAULT)
                                : -1;
+            H5Pclose(dcpl);
             herr_t w = ds >= 0 ? H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, src)
                                : -1;
             if (ds >= 0) H5Dclose(ds);
@@ -51,7 +52,9 @@ static int write_tensors(hid_t loc, const Vit *m, const float *buf, const char *
 
 static int write_moments(hid_t f, const char *group, const Vit *m, const float *buf, long step,
                          const char *path) {
-    hid_t g = H5Gcreate2(f, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t gcpl = h5u_gcpl();
+    hid_t g = H5Gcreate2(f, group, H5P_DEFAULT, gcpl, H5P_DEFAULT);
+    H5Pclose(gcpl);
     H5_CHECK(g >= 0, "%s: cannot create group %s", path, group);
     int rc = write_tensors(g, m, buf, path);
     if (rc == 0) rc = h5u_write_attr(g, "step", H5T_STD_I64LE, H5T_NATIVE_LONG, &step, path);

@@ -116,16 +116,44 @@ int h5u_read_string_attr(hid_t loc, const char *name, char *buf, size_t len, con
 }
 
 
+static hid_t no_times(hid_t cls) {
+    hid_t p = H5Pcreate(cls);
+    if (p >= 0) H5Pset_obj_track_times(p, 0);
+    return p;
+}
+hid_t h5u_fcpl(void) { return no_times(H5P_FILE_CREATE); }
+hid_t h5u_gcpl(void) { return no_times(H5P_GROUP_CREATE); }
+hid_t h5u_dcpl(void) { return no_times(H5P_DATASET_CREATE); }
+
+/* Create the missing groups on the way to name ("a/b/c": a and a/b). */
+static int make_parents(hid_t loc, const char *name, const char *path) {
+    char part[1024];
+    H5_CHECK(strlen(name) < sizeof part, "%s: dataset name too long: %s", path, name);
+    for (const char *slash = strchr(name, '/'); slash; slash = strchr(slash + 1, '/')) {
+        size_t n = (size_t)(slash - name);
+        if (n == 0) continue;
+        memcpy(part, name, n);
+        part[n] = 0;
+        if (H5Lexists(loc, part, H5P_DEFAULT) > 0) continue;
+        hid_t gcpl = h5u_gcpl();
+        hid_t g = H5Gcreate2(loc, part, H5P_DEFAULT, gcpl, H5P_DEFAULT);
+        H5Pclose(gcpl);
+        H5_CHECK(g >= 0, "%s: cannot create group %s", path, part);
+        H5Gclose(g);
+    }
+    return 0;
+}
+
 int h5u_write(hid_t loc, const char *name, hid_t file_type, hid_t mem_type, int ndim,
               const hsize_t *dims, const void *data, const char *path) {
-    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
-    H5Pset_create_intermediate_group(lcpl, 1);
+    if (make_parents(loc, name, path)) return -1;
+    hid_t dcpl = h5u_dcpl();
     hid_t sp = H5Screate_simple(ndim, dims, NULL);
-    hid_t ds = sp >= 0 ? H5Dcreate2(loc, name, file_type, sp, lcpl, H5P_DEFAULT, H5P_DEFAULT) : -1;
+    hid_t ds = sp >= 0 ? H5Dcreate2(loc, name, file_type, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT) : -1;
     herr_t w = ds >= 0 ? H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) : -1;
     if (ds >= 0) H5Dclose(ds);
     if (sp >= 0) H5Sclose(sp);
-    H5Pclose(lcpl);
+    H5Pclose(dcpl);
     H5_CHECK(w >= 0, "%s: cannot write dataset %s", path, name);
     return 0;
 }
@@ -199,7 +227,9 @@ int h5u_write_file(const char *path, H5uFill fill, void *ctx) {
     H5Quiet q;
     h5u_quiet_begin(&q);
     int rc = -1;
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t fcpl = h5u_fcpl();
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+    H5Pclose(fcpl);
     if (f < 0) {
         h5u_fail(__FILE__, __LINE__, "cannot create %s", tmp);
     } else {

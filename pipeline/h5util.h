@@ -42,6 +42,12 @@ int h5u_read(hid_t loc, const char *name, hid_t mem_type, size_t elem, int ndim_
 
 /* A variable-length UTF-8 string type (h5py reads it as str); the caller closes it. */
 hid_t h5u_string_type(void);
+/* Creation property lists (file, group, dataset) that leave out HDF5's object modification
+ * times, so that equal content makes byte-equal files: a file's digest names a checkpoint
+ * (teacher caches, results). The caller closes them. */
+hid_t h5u_fcpl(void);
+hid_t h5u_gcpl(void);
+hid_t h5u_dcpl(void);
 
 /* Write path atomically: fill(f, ctx, tmp) writes the file under a temporary name, which is
  * synced and renamed to path only when fill and the close succeeded. */

@@ -270,8 +270,10 @@ int cache_join(const char *out, char **chunk_paths, const long *first, int num_c
     h5u_quiet_begin(&q);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    hid_t fcpl = h5u_fcpl();
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, fapl);
     H5Pclose(fapl);
+    H5Pclose(fcpl);
     int rc = 0;
     char *skipped = NULL;
     if (f < 0) {
@@ -280,10 +282,10 @@ int cache_join(const char *out, char **chunk_paths, const long *first, int num_c
         hid_t ftype = fp16 ? half_type() : H5Tcopy(H5T_IEEE_F32LE);
         hsize_t d2[2] = {(hsize_t)rows, (hsize_t)id->embed}, d1[1] = {(hsize_t)rows};
         hid_t s2 = H5Screate_simple(2, d2, NULL), s1 = H5Screate_simple(1, d1, NULL);
-        hid_t emb = H5Dcreate2(f, "embeddings", ftype, s2, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        hid_t valid = H5Dcreate2(f, "valid", H5T_STD_U8LE, s1, H5P_DEFAULT, H5P_DEFAULT,
-                                 H5P_DEFAULT);
-        H5Sclose(s2), H5Sclose(s1), H5Tclose(ftype);
+        hid_t dcpl = h5u_dcpl();
+        hid_t emb = H5Dcreate2(f, "embeddings", ftype, s2, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        hid_t valid = H5Dcreate2(f, "valid", H5T_STD_U8LE, s1, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        H5Sclose(s2), H5Sclose(s1), H5Tclose(ftype), H5Pclose(dcpl);
         if (emb < 0 || valid < 0) rc = h5u_fail(__FILE__, __LINE__, "cannot create datasets in %s", tmp);
         if (!rc) rc = write_identity(f, id, tmp);
         if (!rc) rc = join_rows(emb, valid, chunk_paths, num_chunks, rank, size, &skipped);
