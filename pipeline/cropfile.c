@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "digest.h"
@@ -81,6 +82,12 @@ static int write_all(hid_t f, const CropFile *cf, const char *path) {
     CS_TRY(h5u_write_string_attr(f, "digest", digest, path));
     CS_TRY(h5u_write_string_attr(f, "dataset", cf->dataset, path));
     CS_TRY(h5u_write_string_attr(f, "format", CROPFILE_FORMAT, path));
+    if (cf->shards > 0) {
+        int sh[4] = {cf->shard, cf->shards, cf->image_lo, cf->images_total};
+        const char *shn[4] = {"shard", "shards", "image_lo", "images_total"};
+        for (int i = 0; i < 4; i++)
+            CS_TRY(h5u_write_attr(f, shn[i], H5T_STD_I32LE, H5T_NATIVE_INT, &sh[i], path));
+    }
     return 0;
 }
 
@@ -118,6 +125,12 @@ static int read_all(hid_t f, CropFile *cf, const char *path) {
     CS_TRY(h5u_read_string_attr(f, "digest", digest, sizeof digest, path));
     CS_TRY(h5u_read_string_attr(f, "dataset", cf->dataset, sizeof cf->dataset, path));
     CS_CHECK(cf->epochs > 0, "%s: %d epochs", path, cf->epochs);
+    if (H5Aexists(f, "shards") > 0) {
+        CS_TRY(h5u_read_attr(f, "shard", H5T_NATIVE_INT, &cf->shard, path));
+        CS_TRY(h5u_read_attr(f, "shards", H5T_NATIVE_INT, &cf->shards, path));
+        CS_TRY(h5u_read_attr(f, "image_lo", H5T_NATIVE_INT, &cf->image_lo, path));
+        CS_TRY(h5u_read_attr(f, "images_total", H5T_NATIVE_INT, &cf->images_total, path));
+    }
     hsize_t dims[2];
     int nd;
     CS_TRY(h5u_read(f, "images/id", H5T_NATIVE_INT64, sizeof(int64_t), 1, dims, &nd,
@@ -194,4 +207,103 @@ void cropfile_free(CropFile *cf) {
     free(cf->file_name), free(cf->image_id), free(cf->width), free(cf->height);
     free(cf->rows), free(cf->first), free(cf->count);
     memset(cf, 0, sizeof *cf);
+}
+
+void cropfile_shard_range(int N, int shard, int shards, int *lo, int *hi) {
+    *lo = (int)((long)N * shard / shards);
+    *hi = (int)((long)N * (shard + 1) / shards);
+}
+
+int cropfile_shard_path(char *buf, size_t len, const char *out, int shard, int shards) {
+    int n = snprintf(buf, len, "%s.parts/shard-%04d-of-%04d.h5", out, shard, shards);
+    CS_CHECK(n > 0 && (size_t)n < len, "path too long: %s.parts/...", out);
+    return 0;
+}
+
+/* Append shard (rows relative to its first image) to the whole file being built. */
+static int join_one(CropFile *all, const CropFile *sh, long *row, const char *path) {
+    int lo = sh->image_lo;
+    for (int i = 0; i < sh->num_images; i++) {
+        all->image_id[lo + i] = sh->image_id[i];
+        all->width[lo + i] = sh->width[i], all->height[lo + i] = sh->height[i];
+        all->file_name[lo + i] = strdup(sh->file_name[i]);
+        CS_CHECK(all->file_name[lo + i], "out of memory joining %s", path);
+    }
+    CropRow *grown = realloc(all->rows, (size_t)(*row + sh->num_rows + 1) * sizeof(CropRow));
+    CS_CHECK(grown, "out of memory joining %s", path);
+    all->rows = grown;
+    for (long r = 0; r < sh->num_rows; r++) {
+        all->rows[*row + r] = sh->rows[r];
+        all->rows[*row + r].image += lo;
+    }
+    *row += sh->num_rows;
+    return 0;
+}
+
+int cropfile_join(const char *out, int shards) {
+    CS_CHECK(shards >= 1, "need shards >= 1, not %d", shards);
+    char path[4200], missing[1024] = "";
+    int nmissing = 0;
+    for (int s = 0; s < shards; s++) {
+        CS_TRY(cropfile_shard_path(path, sizeof path, out, s, shards));
+        if (access(path, F_OK) != 0) {
+            size_t m = strlen(missing);
+            if (m < sizeof missing - 16) snprintf(missing + m, sizeof missing - m, "%s%d",
+                                                  nmissing ? "," : "", s);
+            nmissing++;
+        }
+    }
+    CS_CHECK(!nmissing, "%s: %d of %d crop shards missing in %s.parts/ (shards %s): run those "
+             "array tasks again", out, nmissing, shards, out, missing);
+    CropFile all = {0}, sh;
+    int rc = 0, N = -1;
+    long row = 0;
+    for (int s = 0; s < shards && !rc; s++) {
+        cropfile_shard_path(path, sizeof path, out, s, shards);
+        if ((rc = cropfile_read(&sh, path))) break;
+        int lo, hi;
+        if (N < 0) {
+            N = sh.images_total;
+            all = sh; /* the settings; the tables are replaced below */
+            all.image_id = NULL, all.file_name = NULL, all.names_mem = NULL, all.width = NULL;
+            all.height = NULL, all.rows = NULL, all.first = NULL, all.count = NULL;
+            all.num_rows = 0, all.num_images = N, all.shard = 0, all.shards = 0;
+            all.image_lo = 0, all.images_total = 0;
+            all.image_id = calloc((size_t)(N > 0 ? N : 1), sizeof(int64_t));
+            all.file_name = calloc((size_t)(N > 0 ? N : 1), sizeof(char *));
+            all.width = calloc((size_t)(N > 0 ? N : 1), sizeof(int32_t));
+            all.height = calloc((size_t)(N > 0 ? N : 1), sizeof(int32_t));
+            if (N < 0 || !all.image_id || !all.file_name || !all.width || !all.height)
+                rc = cs_error_set(__FILE__, __LINE__, "%s: bad image count %d or out of memory",
+                                  path, N);
+        }
+        cropfile_shard_range(N, s, shards, &lo, &hi);
+        if (!rc && (sh.shards != shards || sh.shard != s || sh.images_total != N ||
+                    sh.image_lo != lo || sh.num_images != hi - lo))
+            rc = cs_error_set(__FILE__, __LINE__, "%s is not shard %d of %d of %d images (it "
+                              "says shard %d of %d, images %d+%d of %d): remove %s.parts/ and "
+                              "sample again", path, s, shards, N, sh.shard, sh.shards,
+                              sh.image_lo, sh.num_images, sh.images_total, out);
+        if (!rc && (strcmp(sh.dataset, all.dataset) || sh.seed != all.seed ||
+                    sh.epochs != all.epochs || sh.max_split != all.max_split ||
+                    sh.max_boxes != all.max_boxes))
+            rc = cs_error_set(__FILE__, __LINE__, "%s was sampled with other settings than shard "
+                              "0 (dataset, seed, epochs, max_split or max_boxes): remove %s.parts/ "
+                              "and sample again", path, out);
+        if (!rc) rc = join_one(&all, &sh, &row, path);
+        cropfile_free(&sh);
+    }
+    all.num_rows = row;
+    if (!rc) rc = cropfile_index(&all);
+    if (!rc) rc = cropfile_write(&all, out);
+    for (int i = 0; i < all.num_images && all.file_name; i++) free(all.file_name[i]);
+    cropfile_free(&all);
+    CS_TRY(rc);
+    for (int s = 0; s < shards; s++) {
+        cropfile_shard_path(path, sizeof path, out, s, shards);
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s.parts", out);
+    rmdir(path);
+    return 0;
 }

@@ -6,10 +6,16 @@
  *   /crops/box (R, 4) float32 [x0, y0, x1, y1] in original pixels
  *   /index/first (N, epochs) int64 first row, /index/count (N, epochs) int32
  *   attributes: format, dataset, seed, epochs, max_split, max_boxes, digest (hex of a 64-bit
- *   FNV-1a over the tables: the identity the teacher cache records) */
+ *   FNV-1a over the tables: the identity the teacher cache records)
+ *
+ * Shards (one per Slurm array task): shard s of S holds the images [lo, hi) of the training
+ * JSON's N, lo = N s / S, hi = N (s + 1) / S, as a crops file of its own (image indices
+ * relative to lo) with the attributes shard, shards, image_lo, images_total added. The join
+ * concatenates them in order into the file one task would have written, digest included. */
 #ifndef CLIPSELF_CROPFILE_H
 #define CLIPSELF_CROPFILE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "crops.h"
@@ -30,6 +36,8 @@ typedef struct {
     int64_t *first;       /* (N, epochs) */
     int32_t *count;       /* (N, epochs) */
     uint64_t digest;
+    int shard, shards;    /* a shard file: shard of shards (shards 0: a whole crops file) */
+    int image_lo, images_total; /* a shard's first image and the training JSON's image count */
 } CropFile;
 
 /* Fill first/count from rows and compute the digest. */
@@ -38,5 +46,14 @@ int cropfile_index(CropFile *cf);
 int cropfile_write(const CropFile *cf, const char *path);
 int cropfile_read(CropFile *cf, const char *path);
 void cropfile_free(CropFile *cf);
+
+/* Shard s of S of N images: [*lo, *hi). */
+void cropfile_shard_range(int N, int shard, int shards, int *lo, int *hi);
+/* <out>.parts/shard-SSSS-of-NNNN.h5 */
+int cropfile_shard_path(char *buf, size_t len, const char *out, int shard, int shards);
+/* Read every shard of out (shards of them) and write out atomically. Refuses, naming them,
+ * missing or damaged shards and shards made with other settings or of another image count;
+ * the shard files are removed once out is written. */
+int cropfile_join(const char *out, int shards);
 
 #endif

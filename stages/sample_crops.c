@@ -1,10 +1,14 @@
 /* sample_crops: draw every epoch's grid crops for every training image, up front and from a
  * seed, and write crops.h5 (pipeline/cropfile.h). Ranks split the images; the output is the
- * same whatever the number of ranks. */
+ * same whatever the number of ranks. As a Slurm job array, task s of S writes shard s
+ * (--shard s --shards S) to <out>.parts/ and a final --join step writes <out>, the same file
+ * one task would have written. */
 #include <mpi.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "check.h"
 #include "coco.h"
@@ -18,7 +22,8 @@ int main(int argc, char **argv) {
     Stage st;
     stage_begin(&st, "sample_crops", &argc, &argv);
     const char *cfg = "datasets.cfg", *name = NULL, *out = NULL;
-    int epochs = 6, max_split = 6, max_boxes = 20, seed = 0;
+    int epochs = 6, max_split = 6, max_boxes = 20, seed = 0, shard = 0, shards = 1, join = 0;
+    int verify = 0;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
         {"datasets", CLI_STRING, &cfg, "dataset registry"},
@@ -27,12 +32,19 @@ int main(int argc, char **argv) {
         {"max-split", CLI_INT, &max_split, "largest grid side M (layouts m=1..M, n=ceil(m/2)..min(2m,M))"},
         {"max-boxes", CLI_INT, &max_boxes, "crops kept per image and epoch"},
         {"seed", CLI_INT, &seed, "seed of the layout and shuffle draws"},
+        {"shard", CLI_INT, &shard, "this task's shard (a Slurm array task), 0-based"},
+        {"shards", CLI_INT, &shards, "number of shards; > 1 writes shard --shard to <out>.parts/"},
+        {"join", CLI_FLAG, &join, "only join the --shards shards into --out"},
+        {"verify", CLI_FLAG, &verify, "only check that --out is complete and was sampled from "
+                                      "this dataset with these settings (exit 0) or not (1)"},
     };
     if (stage_options(&st, argc, argv,
                       "CLIPSelf crop sampling: for every training image of the dataset and every "
                       "epoch, draw one grid layout (24 layouts for M = 6), tile the image, "
                       "shuffle the cells and keep at most --max-boxes; write them with the image "
-                      "table to --out (HDF5). Same output for any number of MPI ranks.",
+                      "table to --out (HDF5). Same output for any number of MPI ranks, and for "
+                      "any number of shards once joined (--shards S --shard s per array task, "
+                      "then --join --shards S).",
                       opts, (int)(sizeof opts / sizeof opts[0]))) {
         stage_end(&st);
         return 0;
@@ -41,18 +53,55 @@ int main(int argc, char **argv) {
         cs_error_set(__FILE__, __LINE__, "--dataset and --out are required");
         stage_die(&st, "see --help");
     }
-    if (epochs < 1 || max_split < 1 || max_split > CROPS_MAX_SPLIT || max_boxes < 1) {
-        cs_error_set(__FILE__, __LINE__, "need epochs >= 1, 1 <= max-split <= %d, max-boxes >= 1",
-                     CROPS_MAX_SPLIT);
+    if (epochs < 1 || max_split < 1 || max_split > CROPS_MAX_SPLIT || max_boxes < 1 ||
+        shards < 1 || shard < 0 || shard >= shards) {
+        cs_error_set(__FILE__, __LINE__, "need epochs >= 1, 1 <= max-split <= %d, max-boxes >= 1, "
+                     "0 <= shard < shards", CROPS_MAX_SPLIT);
         stage_die(&st, NULL);
+    }
+    if (join) {
+        if (st.rank == 0) {
+            stage_check(&st, cropfile_join(out, shards), "run the missing array tasks again");
+            printf("sample_crops: joined %d shards into %s\n", shards, out);
+        }
+        stage_end(&st);
+        return 0;
+    }
+    char dest[4200];
+    snprintf(dest, sizeof dest, "%s", out);
+    if (shards > 1) {
+        stage_check(&st, cropfile_shard_path(dest, sizeof dest, out, shard, shards), NULL);
+        char parts[4200];
+        snprintf(parts, sizeof parts, "%s.parts", out);
+        if (st.rank == 0 && mkdir(parts, 0777) != 0 && errno != EEXIST) {
+            cs_error_set(__FILE__, __LINE__, "cannot create %s: %s", parts, strerror(errno));
+            stage_die(&st, NULL);
+        }
     }
     Dataset ds;
     stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
     CocoImages imgs;
     stage_check(&st, coco_read_images(&imgs, ds.train), NULL);
-    int N = imgs.num;
-    /* contiguous blocks of images per rank, so gathered rows come out in image order */
-    int lo = (int)((long)N * st.rank / st.size), hi = (int)((long)N * (st.rank + 1) / st.size);
+    int N = imgs.num, s_lo, s_hi;
+    if (verify) {
+        int rc = 0;
+        if (st.rank == 0) {
+            CropFile old;
+            rc = cropfile_read(&old, out);
+            if (!rc && (strcmp(old.dataset, name) || old.seed != (uint64_t)seed ||
+                        old.epochs != epochs || old.max_split != max_split ||
+                        old.max_boxes != max_boxes || old.shards != 0 || old.num_images != N))
+                rc = cs_error_set(__FILE__, __LINE__, "%s was sampled with other settings or "
+                                  "from another image list", out);
+            if (!rc) cropfile_free(&old);
+        }
+        stage_verified(&st, rc, out);
+    }
+    cropfile_shard_range(N, shard, shards, &s_lo, &s_hi);
+    /* contiguous blocks of the shard's images per rank, so gathered rows come out in order;
+     * row image indices are relative to the shard's first image */
+    int lo = s_lo + (int)((long)(s_hi - s_lo) * st.rank / st.size);
+    int hi = s_lo + (int)((long)(s_hi - s_lo) * (st.rank + 1) / st.size);
     size_t cap = (size_t)(hi - lo) * (size_t)epochs * (size_t)max_boxes;
     CropRow *mine = malloc((cap ? cap : 1) * sizeof(CropRow));
     if (!mine) {
@@ -65,8 +114,12 @@ int main(int argc, char **argv) {
     for (int i = lo; i < hi; i++) {
         const CocoImage *im = &imgs.images[i];
         for (int e = 0; e < epochs; e++)
+        {
+            long n0 = n;
             n += crops_for_image(mine + n, i, im->id, im->width, im->height, e, (uint64_t)seed,
                                  max_split, max_boxes);
+            for (long r = n0; r < n; r++) mine[r].image -= s_lo;
+        }
         progress_update(&prog, i - lo + 1);
     }
     /* gather the rows (as bytes) on rank 0 */
@@ -88,23 +141,31 @@ int main(int argc, char **argv) {
     if (st.rank == 0) {
         snprintf(cf.dataset, sizeof cf.dataset, "%s", name);
         cf.seed = (uint64_t)seed, cf.epochs = epochs, cf.max_split = max_split;
-        cf.max_boxes = max_boxes, cf.num_images = N;
-        cf.image_id = malloc((size_t)(N ? N : 1) * sizeof(int64_t));
-        cf.file_name = malloc((size_t)(N ? N : 1) * sizeof(char *));
-        cf.width = malloc((size_t)(N ? N : 1) * sizeof(int32_t));
-        cf.height = malloc((size_t)(N ? N : 1) * sizeof(int32_t));
-        for (int i = 0; i < N; i++) {
-            cf.image_id[i] = imgs.images[i].id;
-            cf.file_name[i] = (char *)imgs.images[i].file_name;
-            cf.width[i] = imgs.images[i].width;
-            cf.height[i] = imgs.images[i].height;
+        int n_img = s_hi - s_lo;
+        cf.max_boxes = max_boxes, cf.num_images = n_img;
+        if (shards > 1)
+            cf.shard = shard, cf.shards = shards, cf.image_lo = s_lo, cf.images_total = N;
+        cf.image_id = malloc((size_t)(n_img ? n_img : 1) * sizeof(int64_t));
+        cf.file_name = malloc((size_t)(n_img ? n_img : 1) * sizeof(char *));
+        cf.width = malloc((size_t)(n_img ? n_img : 1) * sizeof(int32_t));
+        cf.height = malloc((size_t)(n_img ? n_img : 1) * sizeof(int32_t));
+        if (!cf.image_id || !cf.file_name || !cf.width || !cf.height) {
+            cs_error_set(__FILE__, __LINE__, "out of memory for %d images", n_img);
+            stage_die(&st, NULL);
+        }
+        for (int i = 0; i < n_img; i++) {
+            const CocoImage *im = &imgs.images[s_lo + i];
+            cf.image_id[i] = im->id;
+            cf.file_name[i] = (char *)im->file_name;
+            cf.width[i] = im->width;
+            cf.height[i] = im->height;
         }
         stage_check(&st, cropfile_index(&cf), NULL);
-        stage_check(&st, cropfile_write(&cf, out), NULL);
+        stage_check(&st, cropfile_write(&cf, dest), NULL);
         printf("sample_crops: %d images x %d epochs -> %ld crops (%.1f per image and epoch), "
                "digest %016llx, written to %s\n",
-               N, epochs, cf.num_rows, N ? (double)cf.num_rows / N / epochs : 0.0,
-               (unsigned long long)cf.digest, out);
+               n_img, epochs, cf.num_rows, n_img ? (double)cf.num_rows / n_img / epochs : 0.0,
+               (unsigned long long)cf.digest, dest);
         cropfile_free(&cf);
     }
     free(counts);
