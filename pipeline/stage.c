@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -44,6 +45,20 @@ void stage_check(const Stage *s, int rc, const char *hint) {
 void stage_end(Stage *s) {
     (void)s;
     MPI_Finalize();
+}
+
+void stage_verified(Stage *s, int rc, const char *file) {
+    int status = VERIFY_OK;
+    if (s->rank == 0) {
+        if (rc != 0) status = access(file, F_OK) != 0 ? VERIFY_MISSING : VERIFY_STALE;
+        if (status == VERIFY_OK) printf("%s: verify: ok: %s\n", s->name, file);
+        else if (status == VERIFY_MISSING) printf("%s: verify: missing: %s\n", s->name, file);
+        else printf("%s: verify: stale: %s\n", s->name, cs_error());
+        fflush(stdout);
+    }
+    MPI_Bcast(&status, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    MPI_Finalize();
+    exit(status);
 }
 
 char *gather_text(const char *mine, MPI_Comm comm) {

@@ -114,7 +114,7 @@ int main(int argc, char **argv) {
     stage_begin(&st, "embed_teacher", &argc, &argv);
     const char *cfg = "datasets.cfg", *name = NULL, *crops = NULL, *teacher = NULL, *out = NULL;
     int batch = 32, chunk = 64, fp16 = 0, S = 0, shard = 0, shards = 1, join_only = 0;
-    int no_join = 0;
+    int no_join = 0, verify = 0;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
         {"datasets", CLI_STRING, &cfg, "dataset registry"},
@@ -129,6 +129,8 @@ int main(int argc, char **argv) {
         {"shards", CLI_INT, &shards, "number of shards"},
         {"no-join", CLI_FLAG, &no_join, "compute chunks only (array tasks); join later"},
         {"join", CLI_FLAG, &join_only, "only join existing chunks into --out"},
+        {"verify", CLI_FLAG, &verify, "only check that --out is complete and made from this "
+                                      "teacher and these crops (exit 0), missing (1) or not (2)"},
     };
     if (stage_options(&st, argc, argv,
                       "CLIPSelf teacher cache: embed every crop of --crops with the frozen "
@@ -165,13 +167,17 @@ int main(int argc, char **argv) {
     CacheIdentity id = {tdig, cf.digest, S, model.cfg.embed};
 
     /* an existing cache: done if it is this one, refused if it is another */
-    if (access(out, F_OK) == 0) {
+    if (verify || access(out, F_OK) == 0) {
         TeacherCache tc;
         int rc = teacher_cache_open(&tc, out, &id);
         if (rc == 0 && tc.fp16 != fp16) {
             rc = cs_error_set(__FILE__, __LINE__, "%s stores %s embeddings, %s were asked for", out,
                               tc.fp16 ? "float16" : "float32", fp16 ? "float16" : "float32");
             teacher_cache_close(&tc);
+        }
+        if (verify) {
+            if (rc == 0) teacher_cache_close(&tc);
+            stage_verified(&st, rc, out);
         }
         if (rc == 0) {
             teacher_cache_close(&tc);

@@ -14,7 +14,7 @@ int main(int argc, char **argv) {
     stage_begin(&st, "init_model", &argc, &argv);
     const char *out = NULL, *preset = "tiny", *act = NULL;
     VitConfig c = {0};
-    int seed = 0;
+    int seed = 0, verify = 0;
     CliOpt opts[] = {
         {"out", CLI_STRING, &out, "checkpoint to write (.h5), required"},
         {"preset", CLI_STRING, &preset, "tiny (64 wide, 2 layers, patch 8) | b16 | l14"},
@@ -27,6 +27,8 @@ int main(int argc, char **argv) {
         {"grid", CLI_INT, &c.grid, "override the positional grid side"},
         {"act", CLI_STRING, &act, "quickgelu | gelu (default: the preset's)"},
         {"seed", CLI_INT, &seed, "random seed"},
+        {"verify", CLI_FLAG, &verify, "only check that --out holds exactly this model (exit 0), "
+                                      "is missing (1) or not (2)"},
     };
     if (stage_options(&st, argc, argv,
                        "Write a randomly initialised CLIP ViT (open_clip layout) to an HDF5 "
@@ -62,6 +64,27 @@ int main(int argc, char **argv) {
     if (!out) {
         cs_error_set(__FILE__, __LINE__, "--out is required");
         stage_die(&st, "see --help");
+    }
+    if (verify) {
+        int rc = 0;
+        if (st.rank == 0) {
+            Vit m, old;
+            rc = vit_init(&m, &p);
+            if (!rc) {
+                vit_init_random(&m, (unsigned long long)seed);
+                rc = vit_load(&old, out, NULL);
+                if (!rc) {
+                    if (memcmp(&old.cfg, &m.cfg, sizeof m.cfg) != 0 ||
+                        old.num_params != m.num_params ||
+                        memcmp(old.params_mem, m.params_mem, m.num_params * sizeof(float)) != 0)
+                        rc = cs_error_set(__FILE__, __LINE__, "%s is not the %s model of seed %d",
+                                          out, preset, seed);
+                    vit_free(&old);
+                }
+                vit_free(&m);
+            }
+        }
+        stage_verified(&st, rc, out);
     }
     if (st.rank == 0) {
         Vit m;

@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
     const char *cfg = "datasets.cfg", *name = NULL, *crops = NULL, *cache = NULL, *init = NULL;
     const char *run = NULL;
     int epochs = 0, batch = 2, warmup = 1000, det = 1024, save_every = 1000, resume = 0;
-    int seed = 0, max_steps = 0;
+    int seed = 0, max_steps = 0, verify = 0, ranks = 0;
     float lr = 1e-5f, wd = 0.1f, alpha = 0.7f;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
@@ -126,6 +126,9 @@ int main(int argc, char **argv) {
         {"resume", CLI_FLAG, &resume, "continue from the newest checkpoint in the run folder"},
         {"seed", CLI_INT, &seed, "seed of the image order"},
         {"max-steps", CLI_INT, &max_steps, "stop (with a checkpoint) after this global step"},
+        {"verify", CLI_FLAG, &verify, "only check that <run-dir>/student.h5 is complete and was "
+                                      "trained with these settings (exit 0), missing (1) or not (2)"},
+        {"ranks", CLI_INT, &ranks, "with --verify: the ranks the run uses (0: this job's)"},
     };
     if (stage_options(&st, argc, argv,
                       "CLIPSelf student training (data-parallel over MPI ranks): the student's "
@@ -200,7 +203,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "train_student: warning: --warmup %d is not below the %ld steps of the "
                 "run: the learning rate never leaves the warmup\n", warmup, total);
     char path[4096];
-    if (st.rank == 0 && mkdir(run, 0777) != 0 && errno != EEXIST) {
+    if (!verify && st.rank == 0 && mkdir(run, 0777) != 0 && errno != EEXIST) {
         cs_error_set(__FILE__, __LINE__, "cannot create %s: %s", run, strerror(errno));
         stage_die(&st, NULL);
     }
@@ -210,9 +213,34 @@ int main(int argc, char **argv) {
     snprintf(signature, sizeof signature,
              "ranks=%d batch=%d epochs=%d seed=%d lr=%.9g wd=%.9g warmup=%d det=%d alpha=%.9g "
              "crops=%016llx teacher=%016llx\n",
-             st.size, batch, epochs, seed, (double)lr, (double)wd, warmup, det, (double)alpha,
+             verify && ranks > 0 ? ranks : st.size, batch, epochs, seed, (double)lr, (double)wd, warmup, det, (double)alpha,
              (unsigned long long)cf.digest, (unsigned long long)tdig);
     snprintf(sigpath, sizeof sigpath, "%s/run.txt", run);
+    if (verify) {
+        snprintf(path, sizeof path, "%s/student.h5", run);
+        int rc = 0;
+        if (st.rank == 0) {
+            char old[1024] = "";
+            FILE *sf = fopen(sigpath, "r");
+            if (sf) {
+                if (!fgets(old, sizeof old, sf)) old[0] = 0;
+                fclose(sf);
+            }
+            Vit done;
+            rc = vit_load_h5(&done, path, NULL);
+            if (!rc) {
+                if (done.num_params != student.num_params)
+                    rc = cs_error_set(__FILE__, __LINE__, "%s is not a model of --init's shape",
+                                      path);
+                vit_free(&done);
+            }
+            if (!rc && strcmp(old, signature) != 0)
+                rc = cs_error_set(__FILE__, __LINE__, "%s was trained with other settings:\n  "
+                                  "was: %s  now: %s", path, old[0] ? old : "(unknown)\n",
+                                  signature);
+        }
+        stage_verified(&st, rc, path);
+    }
     long step = 0, newest = -1;
     if (resume && st.rank == 0) {
         newest = newest_checkpoint(run); /* one rank decides: file systems may disagree */
