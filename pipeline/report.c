@@ -2,11 +2,14 @@
 #include "report.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <yajl/yajl_gen.h>
+#include <yajl/yajl_tree.h>
 
 #include "check.h"
 #include "h5util.h"
@@ -38,7 +41,16 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
     yajl_gen_config(g, yajl_gen_beautify, 1);
     yajl_gen_map_open(g);
     GS(g, "model"), GS(g, info->model ? info->model : "");
+    GS(g, "label"), GS(g, info->label ? info->label : "");
+    char digest[17];
+    snprintf(digest, sizeof digest, "%016" PRIx64, info->model_digest);
+    GS(g, "model_digest"), GS(g, digest);
     GS(g, "dataset"), GS(g, info->dataset ? info->dataset : "");
+    snprintf(digest, sizeof digest, "%016" PRIx64, info->classes_digest);
+    GS(g, "classes_digest"), GS(g, digest);
+    GS(g, "det_size"), yajl_gen_integer(g, info->det_size);
+    GS(g, "crop_size"), yajl_gen_integer(g, info->crop_size);
+    GS(g, "max_images"), yajl_gen_integer(g, info->max_images);
     GS(g, "images"), yajl_gen_integer(g, info->images);
     GS(g, "images_skipped"), yajl_gen_integer(g, info->images_skipped);
     GS(g, "segments"), yajl_gen_integer(g, info->segments);
@@ -100,10 +112,11 @@ int report_markdown(char *buf, size_t len, const ReportInfo *info,
                     double macc[EVAL_METHODS][2][2]) {
     size_t n = 0;
     n += (size_t)snprintf(buf + n, len - n,
-                          "Region recognition, %s on %s (%d images, %d segments; mAcc %%)\n\n"
+                          "Region recognition, %s (%s) on %s (%d images, %d segments; mAcc %%)\n\n"
                           "| method | thing top-1 | thing top-5 | stuff top-1 | stuff top-5 |\n"
                           "|---|---:|---:|---:|---:|\n",
-                          info->model, info->dataset, info->images, info->segments);
+                          info->label ? info->label : "", info->model, info->dataset,
+                          info->images, info->segments);
     for (int m = 0; m < EVAL_METHODS && n < len; m++) {
         n += (size_t)snprintf(buf + n, len - n, "| %s |", eval_method_names[m]);
         for (int s = 0; s < 2 && n < len; s++)
@@ -115,4 +128,76 @@ int report_markdown(char *buf, size_t len, const ReportInfo *info,
     }
     CS_CHECK(n < len, "report buffer too small");
     return 0;
+}
+
+/* The string (or NULL) under key of object o. */
+static const char *json_str(yajl_val o, const char *key) {
+    const char *p[2] = {key, NULL};
+    yajl_val v = yajl_tree_get(o, p, yajl_t_string);
+    return v ? YAJL_GET_STRING(v) : NULL;
+}
+
+static int json_int(yajl_val o, const char *key, long long *out) {
+    const char *p[2] = {key, NULL};
+    yajl_val v = yajl_tree_get(o, p, yajl_t_number);
+    if (!v || !YAJL_IS_INTEGER(v)) return -1;
+    *out = YAJL_GET_INTEGER(v);
+    return 0;
+}
+
+static int check_tree(yajl_val root, const char *path, const ReportInfo *w) {
+    CS_CHECK(YAJL_IS_OBJECT(root), "%s is not a results JSON object", path);
+    char hex[2][17];
+    snprintf(hex[0], sizeof hex[0], "%016" PRIx64, w->model_digest);
+    snprintf(hex[1], sizeof hex[1], "%016" PRIx64, w->classes_digest);
+    const char *keys[5] = {"model_digest", "classes_digest", "label", "dataset", NULL};
+    const char *want[4] = {hex[0], hex[1], w->label ? w->label : "", w->dataset ? w->dataset : ""};
+    for (int i = 0; keys[i]; i++) {
+        const char *have = json_str(root, keys[i]);
+        CS_CHECK(have && !strcmp(have, want[i]), "%s: %s is %s%s%s, now %s", path, keys[i],
+                 have ? "'" : "", have ? have : "absent", have ? "'" : "", want[i]);
+    }
+    const char *ikeys[3] = {"det_size", "crop_size", "max_images"};
+    int iwant[3] = {w->det_size, w->crop_size, w->max_images};
+    for (int i = 0; i < 3; i++) {
+        long long v;
+        CS_CHECK(!json_int(root, ikeys[i], &v) && v == iwant[i], "%s: %s is not %d", path,
+                 ikeys[i], iwant[i]);
+    }
+    const char *mp[2] = {"metrics", NULL};
+    yajl_val m = yajl_tree_get(root, mp, yajl_t_object);
+    CS_CHECK(m && m->u.object.len == (size_t)EVAL_METHODS * 4, "%s: the metrics are incomplete",
+             path);
+    return 0;
+}
+
+int report_check_json(const char *path, const ReportInfo *want) {
+    FILE *f = fopen(path, "rb");
+    CS_CHECK(f, "cannot open %s: %s", path, strerror(errno));
+    char *text = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 65536 + 1 > cap) {
+            char *grown = realloc(text, cap = (n + 65536 + 1) * 2);
+            if (!grown) break;
+            text = grown;
+        }
+        size_t r = fread(text + n, 1, 65536, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!text || err) {
+        free(text);
+        CS_FAIL("cannot read %s", path);
+    }
+    text[n] = 0;
+    char why[256] = "";
+    yajl_val root = yajl_tree_parse(text, why, sizeof why);
+    free(text);
+    CS_CHECK(root, "%s is not valid JSON: %s", path, why[0] ? why : "parse error");
+    int rc = check_tree(root, path, want);
+    yajl_tree_free(root);
+    return rc;
 }

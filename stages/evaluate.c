@@ -11,6 +11,7 @@
 #include "classes.h"
 #include "coco.h"
 #include "datasets.h"
+#include "digest.h"
 #include "image.h"
 #include "progress.h"
 #include "regioneval.h"
@@ -18,22 +19,35 @@
 #include "stage.h"
 #include "vit.h"
 
+/* The default label: the model file's name without directory and extension. */
+static void default_label(char *dst, size_t len, const char *model_path) {
+    const char *base = strrchr(model_path, '/');
+    base = base ? base + 1 : model_path;
+    snprintf(dst, len, "%s", base);
+    char *dot = strrchr(dst, '.');
+    if (dot && dot != dst) *dot = '\0';
+}
+
 int main(int argc, char **argv) {
     Stage st;
     stage_begin(&st, "evaluate", &argc, &argv);
     const char *cfg = "datasets.cfg", *name = NULL, *model_path = NULL, *out = NULL;
-    const char *classes_path = NULL;
-    int det = 1024, crop = 0, batch = 16, max_images = 0;
+    const char *classes_path = NULL, *label = NULL;
+    int det = 1024, crop = 0, batch = 16, max_images = 0, verify = 0;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
         {"datasets", CLI_STRING, &cfg, "dataset registry"},
         {"model", CLI_STRING, &model_path, "checkpoint to evaluate, .h5 or .safetensors (required)"},
         {"classes", CLI_STRING, &classes_path, "class-embedding file (default: the dataset's)"},
         {"out", CLI_STRING, &out, "results JSON to write; the table goes to <out>.md (required)"},
+        {"label", CLI_STRING, &label,
+         "the model's name in the results (default: the model file's name without extension)"},
         {"det-size", CLI_INT, &det, "full-image input side (longest side resized, padded)"},
         {"crop-size", CLI_INT, &crop, "crop input side (0: the model's native size)"},
         {"batch", CLI_INT, &batch, "crops per forward pass"},
         {"max-images", CLI_INT, &max_images, "evaluate only the first N images (0: all)"},
+        {"verify", CLI_FLAG, &verify, "only check that --out holds this model's complete results "
+                                      "with these settings (exit 0), is missing (1) or not (2)"},
     };
     if (stage_options(&st, argc, argv,
                       "CLIPSelf evaluation: classify every annotated segment (at most 100 per "
@@ -48,6 +62,18 @@ int main(int argc, char **argv) {
         cs_error_set(__FILE__, __LINE__, "--dataset, --model and --out are required");
         stage_die(&st, "see --help");
     }
+    char label_buf[256];
+    if (!label) default_label(label_buf, sizeof label_buf, model_path), label = label_buf;
+    for (const char *p = label; *p; p++)
+        if ((unsigned char)*p < 0x20) {
+            cs_error_set(__FILE__, __LINE__, "--label must not contain tabs, newlines or other "
+                         "control characters");
+            stage_die(&st, "see --help");
+        }
+    if (!*label) {
+        cs_error_set(__FILE__, __LINE__, "the label is empty");
+        stage_die(&st, "name the model with --label");
+    }
     Dataset ds;
     stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
     CocoPanoptic pan;
@@ -57,7 +83,19 @@ int main(int argc, char **argv) {
                 "class embeddings come from embed_text or pretrain_teacher");
     Vit model;
     stage_check(&st, vit_load(&model, model_path, NULL), NULL);
+    uint64_t model_digest = 0, classes_digest = 0; /* name the exact inputs in the results */
+    const char *classes_file = classes_path ? classes_path : ds.classes;
+    if (st.rank == 0) {
+        stage_check(&st, file_digest(&model_digest, model_path), NULL);
+        stage_check(&st, file_digest(&classes_digest, classes_file), NULL);
+    }
     if (crop <= 0) crop = model.cfg.grid * model.cfg.patch;
+    if (verify) {
+        ReportInfo want = {.label = label, .model_digest = model_digest, .dataset = name,
+                           .classes_digest = classes_digest, .det_size = det, .crop_size = crop,
+                           .max_images = max_images};
+        stage_verified(&st, st.rank == 0 ? report_check_json(out, &want) : 0, out);
+    }
     RegionEval re;
     stage_check(&st, regioneval_init(&re, &model, &ce, &pan.categories, det, crop, batch), NULL);
     RegionCounts rc;
@@ -113,10 +151,22 @@ int main(int argc, char **argv) {
     if (st.rank == 0) {
         double macc[EVAL_METHODS][2][2];
         region_macc(&rc, &pan.categories, macc);
-        ReportInfo info = {model_path, name,           stats[0],   stats[1],
-                           stats[2],   now_seconds() - t0, all_skipped};
+        ReportInfo info = {.model = model_path,
+                           .label = label,
+                           .model_digest = model_digest,
+                           .dataset = name,
+                           .classes_digest = classes_digest,
+                           .det_size = det,
+                           .crop_size = crop,
+                           .max_images = max_images,
+                           .images = stats[0],
+                           .images_skipped = stats[1],
+                           .segments = stats[2],
+                           .seconds = now_seconds() - t0,
+                           .skipped = all_skipped};
         stage_check(&st, report_write_json(out, &info, &rc, &pan.categories, macc), NULL);
-        char table[4096], md[4200];
+        static char table[16384];
+        char md[4200];
         stage_check(&st, report_markdown(table, sizeof table, &info, macc), NULL);
         snprintf(md, sizeof md, "%s.md", out);
         stage_check(&st, report_write_text(md, table), NULL);

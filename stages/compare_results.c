@@ -1,0 +1,524 @@
+/* compare_results: gather evaluation results (evaluate's JSON files) of many models on many
+ * benchmarks into one comparison table, PREFIX.md for people and PREFIX.json for programs.
+ * The expected results are listed in a manifest; a result that is absent or unusable is
+ * reported as such (and makes the exit status 1) rather than stopping the gathering. Only
+ * rank 0 works: the stage is an MPI program like the others so it can end a Slurm job. */
+#include <errno.h>
+#include <mpi.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_tree.h>
+
+#include "check.h"
+#include "regioneval.h"
+#include "report.h"
+#include "stage.h"
+
+enum { NMETRICS = EVAL_METHODS * 2 * 2 };
+static const char *const kinds[2] = {"thing", "stuff"};
+
+/* One manifest line and what was found in its result file. */
+typedef struct {
+    char *label, *model, *bench, *result;
+    int line;
+    char *status;                  /* "ok", "missing" or "invalid: <reason>" */
+    int ok;
+    char digest[17];               /* "" when the result has none */
+    long images, segments;
+    int has_value[NMETRICS];       /* 0: the metric is null */
+    double value[NMETRICS];
+    char *raw[NMETRICS];           /* the number as written in the result, copied verbatim */
+} Entry;
+
+typedef struct {
+    Entry *e;
+    int n, cap;
+} Manifest;
+
+static void metric_key(char *key, size_t len, int i) {
+    int m = i / 4, s = i / 2 % 2, t = i % 2;
+    snprintf(key, len, "%s.%s.macc%d", eval_method_names[m], kinds[s], t ? 5 : 1);
+}
+
+/* ---- a growing text buffer ---------------------------------------------------------------- */
+typedef struct {
+    char *s;
+    size_t n, cap;
+    int oom;
+} Buf;
+
+static void bprintf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bprintf(Buf *b, const char *fmt, ...) {
+    if (b->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s ? b->s + b->n : NULL, b->s ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) {
+            b->oom = 1;
+            return;
+        }
+        if (b->s && b->n + (size_t)k < b->cap) {
+            b->n += (size_t)k;
+            return;
+        }
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap <= b->n + (size_t)k) cap *= 2;
+        char *grown = realloc(b->s, cap);
+        if (!grown) {
+            b->oom = 1;
+            return;
+        }
+        b->s = grown, b->cap = cap;
+    }
+}
+
+/* Text inside a markdown table cell: '|' escaped, line breaks as spaces. */
+static void bcell(Buf *b, const char *text) {
+    for (const char *p = text; *p; p++) {
+        if (*p == '|') bprintf(b, "\\|");
+        else if (*p == '\n' || *p == '\r') bprintf(b, " ");
+        else bprintf(b, "%c", *p);
+    }
+}
+
+/* ---- the manifest ------------------------------------------------------------------------- */
+static int add_entry(Manifest *mf, const char *path, int line, char **field) {
+    for (int i = 0; i < mf->n; i++) {
+        const Entry *o = &mf->e[i];
+        CS_CHECK(strcmp(o->label, field[0]) || strcmp(o->bench, field[2]),
+                 "%s, line %d: '%s' on '%s' is listed twice (first on line %d)", path, line,
+                 field[0], field[2], o->line);
+        CS_CHECK(strcmp(o->label, field[0]) || !strcmp(o->model, field[1]),
+                 "%s, line %d: label '%s' names model %s, but %s on line %d", path, line,
+                 field[0], field[1], o->model, o->line);
+    }
+    if (mf->n == mf->cap) {
+        int cap = mf->cap ? 2 * mf->cap : 16;
+        Entry *grown = realloc(mf->e, (size_t)cap * sizeof *grown);
+        CS_CHECK(grown, "out of memory reading %s", path);
+        mf->e = grown, mf->cap = cap;
+    }
+    Entry *e = &mf->e[mf->n];
+    memset(e, 0, sizeof *e);
+    e->line = line;
+    e->label = strdup(field[0]), e->model = strdup(field[1]);
+    e->bench = strdup(field[2]), e->result = strdup(field[3]);
+    mf->n++; /* counted before the check so that manifest_free frees what was copied */
+    CS_CHECK(e->label && e->model && e->bench && e->result, "out of memory reading %s", path);
+    return 0;
+}
+
+static int parse_line(Manifest *mf, const char *path, int line, char *text) {
+    size_t len = strlen(text);
+    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r')) text[--len] = '\0';
+    if (!len || text[0] == '#') return 0;
+    char *field[4];
+    int nf = 0;
+    for (char *p = text;; nf++) {
+        char *tab = strchr(p, '\t');
+        if (nf < 4) field[nf] = p;
+        if (!tab) {
+            nf++;
+            break;
+        }
+        *tab = '\0';
+        p = tab + 1;
+    }
+    CS_CHECK(nf == 4,
+             "%s, line %d: expected 4 tab-separated fields (label, model, benchmark, result "
+             "JSON), found %d",
+             path, line, nf);
+    static const char *names[4] = {"label", "model", "benchmark", "result JSON"};
+    for (int i = 0; i < 4; i++)
+        CS_CHECK(field[i][0], "%s, line %d: the %s field is empty", path, line, names[i]);
+    return add_entry(mf, path, line, field);
+}
+
+static int manifest_read(Manifest *mf, const char *path) {
+    FILE *f = fopen(path, "r");
+    CS_CHECK(f, "cannot open the manifest %s: %s", path, strerror(errno));
+    char *text = NULL;
+    size_t cap = 0;
+    int line = 0, rc = 0;
+    while (!rc && getline(&text, &cap, f) >= 0) rc = parse_line(mf, path, ++line, text);
+    int err = ferror(f);
+    free(text);
+    fclose(f);
+    CS_TRY(rc);
+    CS_CHECK(!err, "error reading the manifest %s", path);
+    CS_CHECK(mf->n > 0, "the manifest %s lists no results", path);
+    return 0;
+}
+
+static void manifest_free(Manifest *mf) {
+    for (int i = 0; i < mf->n; i++) {
+        Entry *e = &mf->e[i];
+        free(e->label), free(e->model), free(e->bench), free(e->result), free(e->status);
+        for (int k = 0; k < NMETRICS; k++) free(e->raw[k]);
+    }
+    free(mf->e);
+    memset(mf, 0, sizeof *mf);
+}
+
+/* ---- one result file ---------------------------------------------------------------------- */
+/* Read a whole file; returns NULL with *missing set when it does not exist, or NULL with the
+ * reason in why otherwise. */
+static char *slurp(const char *path, int *missing, char *why, size_t whylen) {
+    *missing = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (errno == ENOENT) *missing = 1;
+        snprintf(why, whylen, "unreadable: %s", strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n + 65536 + 1 > cap) {
+            cap = cap ? 2 * cap : 65536 + 1;
+            char *grown = realloc(buf, cap);
+            if (!grown) {
+                snprintf(why, whylen, "unreadable: out of memory");
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = grown;
+        }
+        size_t k = fread(buf + n, 1, 65536, f);
+        n += k;
+        if (k < 65536) break;
+    }
+    int err = ferror(f) ? errno : 0;
+    fclose(f);
+    if (err || memchr(buf, '\0', n)) {
+        snprintf(why, whylen, "unreadable: %s", err ? strerror(err) : "not a text file");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Fill e from its result file; returns the reason (in why) it is unusable, or NULL. */
+static const char *load_result_(Entry *e, yajl_val root, char *why, size_t whylen) {
+    if (!YAJL_IS_OBJECT(root)) return "not a JSON object";
+    const char *p_dataset[] = {"dataset", NULL}, *p_metrics[] = {"metrics", NULL};
+    const char *p_images[] = {"images", NULL}, *p_segments[] = {"segments", NULL};
+    const char *p_digest[] = {"model_digest", NULL};
+    const char *ds = YAJL_GET_STRING(yajl_tree_get(root, p_dataset, yajl_t_string));
+    if (!ds) return "no \"dataset\"";
+    if (strcmp(ds, e->bench)) {
+        snprintf(why, whylen, "its dataset is '%s', not '%s'", ds, e->bench);
+        return why;
+    }
+    yajl_val m = yajl_tree_get(root, p_metrics, yajl_t_object);
+    if (!m) return "no \"metrics\"";
+    for (int i = 0; i < NMETRICS; i++) {
+        char key[64];
+        metric_key(key, sizeof key, i);
+        const char *p_key[] = {key, NULL};
+        yajl_val v = yajl_tree_get(m, p_key, yajl_t_any);
+        if (!v) {
+            snprintf(why, whylen, "metric %s missing", key);
+            return why;
+        }
+        if (YAJL_IS_NULL(v)) continue;
+        if (!YAJL_IS_DOUBLE(v)) {
+            snprintf(why, whylen, "metric %s is not a number", key);
+            return why;
+        }
+        e->has_value[i] = 1;
+        e->value[i] = YAJL_GET_DOUBLE(v);
+        e->raw[i] = strdup(YAJL_GET_NUMBER(v));
+        if (!e->raw[i]) return "out of memory";
+    }
+    yajl_val im = yajl_tree_get(root, p_images, yajl_t_number);
+    yajl_val sg = yajl_tree_get(root, p_segments, yajl_t_number);
+    if (!YAJL_IS_INTEGER(im) || !YAJL_IS_INTEGER(sg)) return "no \"images\" or \"segments\" count";
+    e->images = (long)YAJL_GET_INTEGER(im);
+    e->segments = (long)YAJL_GET_INTEGER(sg);
+    /* older results have no digest: null in the JSON, as is one not of 16 hex digits */
+    const char *dg = YAJL_GET_STRING(yajl_tree_get(root, p_digest, yajl_t_string));
+    if (dg && strlen(dg) == 16 && strspn(dg, "0123456789abcdef") == 16)
+        memcpy(e->digest, dg, sizeof e->digest);
+    return NULL;
+}
+
+static int load_result(Entry *e) {
+    char why[1024], status[1200];
+    int missing;
+    const char *reason = NULL;
+    char *text = slurp(e->result, &missing, why, sizeof why);
+    yajl_val root = NULL;
+    if (!text) {
+        reason = why;
+    } else {
+        char err[512] = "";
+        root = yajl_tree_parse(text, err, sizeof err);
+        if (!root) {
+            err[strcspn(err, "\n")] = '\0'; /* yajl adds lines pointing at the place */
+            snprintf(why, sizeof why, "malformed JSON: %s", err[0] ? err : "parse error");
+            reason = why;
+        } else {
+            reason = load_result_(e, root, why, sizeof why);
+        }
+    }
+    if (missing) snprintf(status, sizeof status, "missing");
+    else if (reason) snprintf(status, sizeof status, "invalid: %s", reason);
+    else snprintf(status, sizeof status, "ok");
+    e->ok = !missing && !reason;
+    if (!e->ok) { /* nothing half-read is reported */
+        for (int k = 0; k < NMETRICS; k++) free(e->raw[k]), e->raw[k] = NULL, e->has_value[k] = 0;
+        e->digest[0] = '\0';
+        e->images = e->segments = 0;
+    }
+    yajl_tree_free(root);
+    free(text);
+    e->status = strdup(status);
+    CS_CHECK(e->status, "out of memory");
+    return 0;
+}
+
+/* ---- the outputs -------------------------------------------------------------------------- */
+/* The distinct labels (bench = 0) or benchmarks (bench = 1), in order of first appearance
+ * (pointers into mf). */
+static int distinct(const Manifest *mf, int bench, const char ***out, int *n) {
+    const char **v;
+    CS_ALLOC(v, mf->n);
+    int k = 0;
+    for (int i = 0; i < mf->n; i++) {
+        const char *s = bench ? mf->e[i].bench : mf->e[i].label;
+        int seen = 0;
+        for (int j = 0; j < k && !seen; j++) seen = !strcmp(v[j], s);
+        if (!seen) v[k++] = s;
+    }
+    *out = v, *n = k;
+    return 0;
+}
+
+static const Entry *find(const Manifest *mf, const char *label, const char *bench) {
+    for (int i = 0; i < mf->n; i++)
+        if (!strcmp(mf->e[i].label, label) && !strcmp(mf->e[i].bench, bench)) return &mf->e[i];
+    return NULL;
+}
+
+static int markdown(Buf *b, const Manifest *mf, const char **benches, int nb,
+                    const char **labels, int nl, int nbad) {
+    bprintf(b, "# Region recognition: %d model%s on %d benchmark%s (mAcc %%)\n", nl,
+            nl == 1 ? "" : "s", nb, nb == 1 ? "" : "s");
+    for (int j = 0; j < nb; j++) {
+        bprintf(b, "\n### ");
+        bcell(b, benches[j]);
+        bprintf(b, "\n\n| model |");
+        for (int i = 0; i < NMETRICS; i++)
+            bprintf(b, " %s %s top-%d |", eval_method_names[i / 4], kinds[i / 2 % 2],
+                    i % 2 ? 5 : 1);
+        bprintf(b, " images |\n|---|");
+        for (int i = 0; i <= NMETRICS; i++) bprintf(b, "---:|");
+        bprintf(b, "\n");
+        for (int l = 0; l < nl; l++) {
+            const Entry *e = find(mf, labels[l], benches[j]);
+            if (!e) continue;
+            bprintf(b, "| ");
+            bcell(b, e->label);
+            bprintf(b, " |");
+            if (!e->ok) {
+                bprintf(b, " %s |", strncmp(e->status, "invalid", 7) ? e->status : "invalid");
+                for (int i = 1; i <= NMETRICS; i++) bprintf(b, " |");
+            } else {
+                for (int i = 0; i < NMETRICS; i++)
+                    if (e->has_value[i]) bprintf(b, " %.2f |", 100.0 * e->value[i]);
+                    else bprintf(b, " - |");
+                bprintf(b, " %ld |", e->images);
+            }
+            bprintf(b, "\n");
+        }
+    }
+    if (nbad) {
+        bprintf(b, "\n%d of %d results missing or invalid:\n\n", nbad, mf->n);
+        for (int i = 0; i < mf->n; i++) {
+            const Entry *e = &mf->e[i];
+            if (e->ok) continue;
+            bprintf(b, "- ");
+            bcell(b, e->label);
+            bprintf(b, " on ");
+            bcell(b, e->bench);
+            bprintf(b, ": ");
+            bcell(b, e->status);
+            bprintf(b, " (");
+            bcell(b, e->result);
+            bprintf(b, ")\n");
+        }
+    }
+    CS_CHECK(!b->oom, "out of memory writing the table");
+    return 0;
+}
+
+#define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
+
+static int json(const char *path, const Manifest *mf, const char **benches, int nb,
+                const char **labels, int nl) {
+    yajl_gen g = yajl_gen_alloc(NULL);
+    CS_CHECK(g, "out of memory");
+    yajl_gen_config(g, yajl_gen_beautify, 1);
+    yajl_gen_map_open(g);
+    GS(g, "benchmarks");
+    yajl_gen_array_open(g);
+    for (int j = 0; j < nb; j++) GS(g, benches[j]);
+    yajl_gen_array_close(g);
+    GS(g, "models");
+    yajl_gen_array_open(g);
+    for (int l = 0; l < nl; l++) {
+        const Entry *e = NULL;
+        for (int i = 0; i < mf->n && !e; i++)
+            if (!strcmp(mf->e[i].label, labels[l])) e = &mf->e[i];
+        yajl_gen_map_open(g);
+        GS(g, "label"), GS(g, e->label);
+        GS(g, "model"), GS(g, e->model);
+        yajl_gen_map_close(g);
+    }
+    yajl_gen_array_close(g);
+    GS(g, "results");
+    yajl_gen_array_open(g);
+    for (int i = 0; i < mf->n; i++) {
+        const Entry *e = &mf->e[i];
+        yajl_gen_map_open(g);
+        GS(g, "label"), GS(g, e->label);
+        GS(g, "model"), GS(g, e->model);
+        GS(g, "benchmark"), GS(g, e->bench);
+        GS(g, "result"), GS(g, e->result);
+        GS(g, "status"), GS(g, e->status);
+        GS(g, "model_digest");
+        if (e->digest[0]) GS(g, e->digest);
+        else yajl_gen_null(g);
+        GS(g, "images");
+        if (e->ok) yajl_gen_integer(g, e->images);
+        else yajl_gen_null(g);
+        GS(g, "segments");
+        if (e->ok) yajl_gen_integer(g, e->segments);
+        else yajl_gen_null(g);
+        GS(g, "metrics");
+        if (e->ok) {
+            yajl_gen_map_open(g);
+            for (int k = 0; k < NMETRICS; k++) {
+                char key[64];
+                metric_key(key, sizeof key, k);
+                GS(g, key);
+                if (e->has_value[k]) yajl_gen_number(g, e->raw[k], strlen(e->raw[k]));
+                else yajl_gen_null(g);
+            }
+            yajl_gen_map_close(g);
+        } else {
+            yajl_gen_null(g);
+        }
+        yajl_gen_map_close(g);
+    }
+    yajl_gen_array_close(g);
+    yajl_gen_map_close(g);
+    const unsigned char *buf;
+    size_t len;
+    int rc = -1;
+    char *text = NULL;
+    if (yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok)
+        cs_error_set(__FILE__, __LINE__, "cannot generate the JSON for %s", path);
+    else if (!(text = malloc(len + 2)))
+        cs_error_set(__FILE__, __LINE__, "out of memory writing %s", path);
+    else {
+        memcpy(text, buf, len); /* ending in a newline */
+        text[len] = '\n', text[len + 1] = '\0';
+        if (len && buf[len - 1] == '\n') text[len] = '\0';
+        rc = report_write_text(path, text);
+    }
+    free(text);
+    yajl_gen_free(g);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    Stage st;
+    stage_begin(&st, "compare_results", &argc, &argv);
+    const char *manifest = NULL, *out = NULL;
+    CliOpt opts[] = {
+        {"manifest", CLI_STRING, &manifest,
+         "the expected results, one per line: label<TAB>model<TAB>benchmark<TAB>result.json "
+         "(required)"},
+        {"out", CLI_STRING, &out, "write the table to PREFIX.md and PREFIX.json (required)"},
+    };
+    if (stage_options(
+            &st, argc, argv,
+            "Gather evaluate's results JSON files into one comparison table: for each benchmark "
+            "a markdown table of every model's mAcc (rois, crops, maskpool; thing, stuff; top-1, "
+            "top-5; in %), written to PREFIX.md and printed, and the same numbers with each "
+            "result's status and model digest in PREFIX.json.\n\n"
+            "The manifest is a text file with one line per expected result, four fields "
+            "separated by tabs:\n"
+            "    label<TAB>model<TAB>benchmark<TAB>result_json\n"
+            "label names the model's row in the tables (each label stands for one model path), "
+            "model is the checkpoint's path (recorded, not read), benchmark the dataset name the "
+            "result must report, result_json the path evaluate --out wrote. Relative paths are "
+            "taken from the current directory. Empty lines and lines starting with '#' are "
+            "ignored; a line of another shape, an empty field or a label and benchmark listed "
+            "twice is an error.\n\n"
+            "A result is 'ok', 'missing' (no such file) or 'invalid: <reason>' (unreadable, "
+            "malformed JSON, no metrics, or another dataset than the manifest's benchmark). "
+            "Both outputs are written in every case; the exit status is 1 when any result is "
+            "not ok, 0 otherwise.",
+            opts, (int)(sizeof opts / sizeof opts[0]))) {
+        stage_end(&st);
+        return 0;
+    }
+    if (!manifest || !out) {
+        cs_error_set(__FILE__, __LINE__, "--manifest and --out are required");
+        stage_die(&st, "see --help");
+    }
+    int nbad = 0, total = 0;
+    if (st.rank == 0) {
+        Manifest mf = {0};
+        stage_check(&st, manifest_read(&mf, manifest),
+                    "one line per result: label<TAB>model<TAB>benchmark<TAB>result_json");
+        for (int i = 0; i < mf.n; i++) {
+            stage_check(&st, load_result(&mf.e[i]), NULL);
+            nbad += !mf.e[i].ok;
+        }
+        total = mf.n;
+        const char **benches, **labels;
+        int nb, nl;
+        stage_check(&st, distinct(&mf, 1, &benches, &nb), NULL);
+        stage_check(&st, distinct(&mf, 0, &labels, &nl), NULL);
+        Buf md = {0};
+        stage_check(&st, markdown(&md, &mf, benches, nb, labels, nl, nbad), NULL);
+        size_t plen = strlen(out) + 6;
+        char *md_path = malloc(plen), *json_path = malloc(plen);
+        if (!md_path || !json_path) {
+            cs_error_set(__FILE__, __LINE__, "out of memory");
+            stage_die(&st, NULL);
+        }
+        snprintf(md_path, plen, "%s.md", out);
+        snprintf(json_path, plen, "%s.json", out);
+        stage_check(&st, report_write_text(md_path, md.s), NULL);
+        stage_check(&st, json(json_path, &mf, benches, nb, labels, nl), NULL);
+        printf("%s\n", md.s);
+        if (nbad) {
+            fflush(stdout);
+            fprintf(stderr, "compare_results: %d of %d results missing or invalid\n", nbad,
+                    total);
+        } else {
+            printf("compare_results: %d results ok; wrote %s and %s\n", total, md_path,
+                   json_path);
+        }
+        free(md_path);
+        free(json_path);
+        free(md.s);
+        free(benches);
+        free(labels);
+        manifest_free(&mf);
+    }
+    stage_end(&st);
+    return nbad ? 1 : 0;
+}
