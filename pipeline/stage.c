@@ -10,6 +10,9 @@
 #include "check.h"
 
 void stage_begin(Stage *s, const char *name, int *argc, char ***argv) {
+    /* stdout is a pipe or a file under mpirun, srun and Slurm: lines reach the job log as
+     * they are printed, not when a buffer fills */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     MPI_Init(argc, argv);
     s->name = name;
     MPI_Comm_rank(MPI_COMM_WORLD, &s->rank);

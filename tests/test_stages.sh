@@ -130,6 +130,42 @@ a.pop('seconds'); b.pop('seconds')
 sys.exit(0 if a == b and a['segments'] > 0 and len(a['metrics']) == 12 else 1)"
 check "evaluate: markdown table written" grep -q '| maskpool |' "$T/ev1.json.md"
 
+# ---- shards (Slurm array tasks) and --verify (what slurm/submit skips on) ----
+for s in 0 1 2; do run "${MPI2[@]}" "$BIN/sample_crops" "${D[@]}" --epochs 2 --shards 3 --shard "$s" --out "$T/cs.h5"; done
+run "$BIN/sample_crops" "${D[@]}" --epochs 2 --shards 3 --join --out "$T/cs.h5"
+check "sample_crops: 3 shards joined equal one run" same_h5 "$T/crops1.h5" "$T/cs.h5"
+check "sample_crops: the join removes the shards" test ! -e "$T/cs.h5.parts"
+run "$BIN/sample_crops" "${D[@]}" --epochs 2 --shards 3 --shard 1 --out "$T/cm.h5"
+run "$BIN/sample_crops" "${D[@]}" --epochs 3 --shards 3 --shard 2 --out "$T/cm.h5"
+out=$("$BIN/sample_crops" "${D[@]}" --epochs 2 --shards 3 --join --out "$T/cm.h5" 2>&1)
+check "sample_crops: the join refuses a missing shard, naming it" grep -q "shards 0)" <<<"$out"
+run "$BIN/sample_crops" "${D[@]}" --epochs 2 --shards 3 --shard 0 --out "$T/cm.h5"
+out=$("$BIN/sample_crops" "${D[@]}" --epochs 2 --shards 3 --join --out "$T/cm.h5" 2>&1)
+check "sample_crops: the join refuses a shard sampled with other settings" grep -q "shard-0002-of-0003.h5 was sampled with other settings" <<<"$out"
+check "sample_crops: and writes nothing" test ! -e "$T/cm.h5"
+# vcode EXPECTED NAME CMD...: the exit status of a --verify run
+vcode() { local want=$1 name=$2; shift 2; "$@" --verify >/dev/null 2>&1; check "$name (exit $want)" test $? -eq "$want"; }
+vcode 0 "sample_crops --verify: a complete file" "$BIN/sample_crops" "${D[@]}" --epochs 2 --out "$T/crops1.h5"
+vcode 2 "sample_crops --verify: other settings" "$BIN/sample_crops" "${D[@]}" --epochs 3 --out "$T/crops1.h5"
+vcode 1 "sample_crops --verify: missing" "$BIN/sample_crops" "${D[@]}" --epochs 2 --out "$T/none.h5"
+head -c 3000 "$T/crops1.h5" >"$T/trunc0.h5"
+vcode 2 "sample_crops --verify: truncated" "$BIN/sample_crops" "${D[@]}" --epochs 2 --out "$T/trunc0.h5"
+vcode 0 "embed_teacher --verify: this teacher's cache" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --out "$T/cache1.h5"
+vcode 2 "embed_teacher --verify: another teacher's" "$BIN/embed_teacher" "${D[@]}" --crops "$T/crops1.h5" --teacher "$T/teacher2.h5" --out "$T/cache1.h5"
+vcode 1 "embed_teacher --verify: missing" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --out "$T/none.h5"
+vcode 0 "train_student --verify: a finished run" "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/full"
+vcode 2 "train_student --verify: other settings" "$BIN/train_student" "${D[@]}" "${TR2[@]}" --seed 5 --run-dir "$T/full"
+vcode 2 "train_student --verify: on other ranks" "$BIN/train_student" "${D[@]}" "${TR2[@]}" --ranks 2 --run-dir "$T/full"
+vcode 1 "train_student --verify: unfinished" "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/none"
+vcode 0 "evaluate --verify: these results" "$BIN/evaluate" "${D[@]}" "${EV[@]}" --out "$T/ev1.json"
+vcode 2 "evaluate --verify: another det-size" "$BIN/evaluate" "${D[@]}" --model "$T/full/student.h5" --det-size 128 --out "$T/ev1.json"
+vcode 2 "evaluate --verify: another model" "$BIN/evaluate" "${D[@]}" --model "$T/teacher.h5" --label student --det-size 64 --out "$T/ev1.json"
+vcode 1 "evaluate --verify: missing" "$BIN/evaluate" "${D[@]}" "${EV[@]}" --out "$T/none.json"
+vcode 0 "init_model --verify: the same model" "$BIN/init_model" --preset tiny --seed 3 --out "$T/teacher.h5"
+vcode 2 "init_model --verify: another seed" "$BIN/init_model" --preset tiny --seed 4 --out "$T/teacher.h5"
+run "$BIN/init_model" --preset tiny --seed 3 --out "$T/teacher_again.h5"
+check "checkpoints of the same model are byte-identical (digests name them)" cmp "$T/teacher.h5" "$T/teacher_again.h5"
+
 # ---- bad inputs ----
 first=$("$PY" -c "import json; print(sorted(json.load(open('$T/data/instances_train.json'))['images'], key=lambda i: i['id'])[0]['file_name'])")
 second=$("$PY" -c "import json; print(sorted(json.load(open('$T/data/instances_train.json'))['images'], key=lambda i: i['id'])[1]['file_name'])")

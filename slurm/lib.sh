@@ -1,0 +1,205 @@
+# slurm/lib.sh: an experiment's stages as shell functions, sourced by the Slurm batch scripts
+# (slurm/*.sbatch), the submitter (slurm/submit) and the local runner (scripts/run-job), so a
+# cluster run and a local run execute the same commands.
+#
+# job_load FILE reads a jobs/*.job file (KEY=VALUE lines, see jobs/demo.job) over the defaults
+# below. Paths in it are relative to the repository root, where everything here runs.
+# Each stage has a run function (stage_*) and a check (verify_*) returning 0 when its output
+# is complete, valid and made from the current inputs, 1 when it is missing, 2 when it is there
+# but stale or damaged (the stage's --verify says why).
+
+job_defaults() {
+  DATASETS=datasets.cfg
+  RANKS=2 THREADS_PER_RANK=1 LAUNCHER=mpirun
+  EPOCHS=2 MAX_SPLIT=6 MAX_BOXES=20 CROP_SEED=0
+  BATCH=2 LR=1e-5 WD=0.1 WARMUP=1000 DET_SIZE=1024 ALPHA=0.7 SAVE_EVERY=1000 TRAIN_SEED=0
+  TEACHER="" TEACHER_PRESET=tiny TEACHER_SEED=1 DATA_DIR="" EMBED_CHUNK=64 FP16=0
+  # Slurm resources (slurm/submit)
+  PARTITION="" ACCOUNT="" QOS="" SBATCH_EXTRA=""
+  CROPS_SHARDS=1 EMBED_SHARDS=1 EMBED_RANKS="" TRAIN_NODES=1 TRAIN_RANKS="" EVAL_RANKS=""
+  TIME_PREPARE=01:00:00 TIME_CROPS=00:30:00 TIME_EMBED=04:00:00 TIME_TRAIN=24:00:00
+  TIME_EVAL=02:00:00 MEM_PER_CPU="" SIGNAL_SECONDS=300
+  # cluster-wide evaluation: benchmarks (dataset names) x models (this run's teacher, epochs
+  # and student, plus EVAL_MODELS: "label=checkpoint" words)
+  EVAL_BENCHMARKS="" EVAL_MODELS=""
+}
+
+job_load() {
+  JOB_FILE=$1
+  [ -r "$JOB_FILE" ] || { echo "clipself: cannot read the job file $JOB_FILE" >&2; return 1; }
+  job_defaults
+  # shellcheck disable=SC1090
+  source "$JOB_FILE" || { echo "clipself: $JOB_FILE is not a valid KEY=VALUE job file" >&2; return 1; }
+  local k
+  for k in DATASET RUN_DIR; do
+    [ -n "${!k:-}" ] || { echo "clipself: $JOB_FILE does not set $k" >&2; return 1; }
+  done
+  BUILD=${BUILD:-build}
+  BIN=$BUILD/bin
+  EMBED_RANKS=${EMBED_RANKS:-$RANKS} TRAIN_RANKS=${TRAIN_RANKS:-$RANKS}
+  EVAL_RANKS=${EVAL_RANKS:-$RANKS} EVAL_BENCHMARKS=${EVAL_BENCHMARKS:-$DATASET}
+  TEACHER_PATH=${TEACHER:-$RUN_DIR/teacher.h5}
+  CROPS=$RUN_DIR/crops.h5 CACHE=$RUN_DIR/teacher_cache.h5 TRAIN_DIR=$RUN_DIR/train
+  EVAL_DIR=$RUN_DIR/eval MANIFEST=$RUN_DIR/eval/manifest.tsv
+  D=(--datasets "$DATASETS" --dataset "$DATASET")
+  if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+  export OMP_NUM_THREADS=$THREADS_PER_RANK
+}
+
+# mpi N: the MPI launcher for N ranks, in MPI=(...). Inside a Slurm allocation, by default
+# (LAUNCHER=mpirun) Open MPI's mpirun takes the ranks and hosts from the allocation (it reads
+# Slurm's variables and starts its daemons with srun) and forwards SIGUSR1/SIGTERM to the ranks;
+# it needs nothing from the Slurm build, and it is what runs outside Slurm too. LAUNCHER=srun
+# starts the ranks as a Slurm job step through PMIx instead (srun --mpi=pmix: per-step
+# accounting and cgroups; needs Slurm's PMIx plugin built against a PMIx Open MPI can use).
+# Outside an allocation: N ranks on this machine.
+mpi() {
+  if [ -n "${SLURM_JOB_ID:-}" ] && [ "$LAUNCHER" = srun ]; then
+    MPI=(srun --mpi=pmix --cpus-per-task "$THREADS_PER_RANK")
+  elif [ -n "${SLURM_JOB_ID:-}" ]; then
+    MPI=(mpirun --bind-to none -x OMP_NUM_THREADS)
+  else
+    MPI=(mpirun -np "$1" --oversubscribe --bind-to none -x OMP_NUM_THREADS)
+  fi
+}
+
+say() { echo "=== $* ($(date '+%F %T'))"; }
+
+# ---- prepare: the dataset (when the job generates one), the teacher, class embeddings
+stage_prepare() {
+  say "prepare"
+  mkdir -p "$RUN_DIR"
+  if [ -n "$DATA_DIR" ] && [ ! -e "$DATA_DIR/panoptic_val.json" ]; then
+    mpi "$RANKS"
+    "${MPI[@]}" "$BIN/make_dataset" --out "$DATA_DIR" --train "$TRAIN_IMAGES" --val "$VAL_IMAGES" \
+      --seed "${DATA_SEED:-0}"
+  fi
+  if [ -z "$TEACHER" ] && ! "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" \
+      --out "$TEACHER_PATH" --verify >/dev/null; then
+    "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" --out "$TEACHER_PATH"
+  fi
+  # placeholder class embeddings only for a dataset this job generates; random_classes never
+  # replaces an existing file
+  if [ -n "$DATA_DIR" ]; then
+    local embed
+    embed=$(h5dump -a embed "$TEACHER_PATH" | awk '/\(0\)/{print $2}')
+    "$BIN/random_classes" "${D[@]}" --embed "$embed"
+  fi
+}
+verify_prepare() {
+  [ -z "$DATA_DIR" ] || [ -e "$DATA_DIR/panoptic_val.json" ] || return 1
+  if [ -n "$TEACHER" ]; then [ -e "$TEACHER" ] || return 1; return 0; fi
+  "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" --out "$TEACHER_PATH" --verify
+}
+
+# ---- sample_crops: shard S of CROPS_SHARDS (an array task), then the join
+crops_args() {
+  CROPS_ARGS=("${D[@]}" --epochs "$EPOCHS" --max-split "$MAX_SPLIT" --max-boxes "$MAX_BOXES"
+              --seed "$CROP_SEED" --out "$CROPS")
+}
+stage_crops() {
+  say "sample_crops shard ${1:-0} of $CROPS_SHARDS"
+  crops_args; mpi "$RANKS"
+  if [ "$CROPS_SHARDS" -gt 1 ]; then
+    "${MPI[@]}" "$BIN/sample_crops" "${CROPS_ARGS[@]}" --shards "$CROPS_SHARDS" --shard "${1:-0}"
+  else
+    "${MPI[@]}" "$BIN/sample_crops" "${CROPS_ARGS[@]}"
+  fi
+}
+stage_crops_join() {
+  [ "$CROPS_SHARDS" -gt 1 ] || return 0
+  say "sample_crops join"
+  crops_args
+  "$BIN/sample_crops" "${CROPS_ARGS[@]}" --shards "$CROPS_SHARDS" --join
+}
+verify_crops() { crops_args; "$BIN/sample_crops" "${CROPS_ARGS[@]}" --verify; }
+
+# ---- embed_teacher: shard S of EMBED_SHARDS (an array task), then the join
+embed_args() {
+  EMBED_ARGS=("${D[@]}" --crops "$CROPS" --teacher "$TEACHER_PATH" --out "$CACHE"
+              --chunk "$EMBED_CHUNK")
+  [ "$FP16" = 1 ] && EMBED_ARGS+=(--fp16)
+  return 0
+}
+stage_embed() {
+  say "embed_teacher shard ${1:-0} of $EMBED_SHARDS"
+  embed_args; mpi "$EMBED_RANKS"
+  if [ "$EMBED_SHARDS" -gt 1 ]; then
+    "${MPI[@]}" "$BIN/embed_teacher" "${EMBED_ARGS[@]}" --shards "$EMBED_SHARDS" \
+      --shard "${1:-0}" --no-join
+  else
+    "${MPI[@]}" "$BIN/embed_teacher" "${EMBED_ARGS[@]}"
+  fi
+}
+stage_embed_join() {
+  [ "$EMBED_SHARDS" -gt 1 ] || return 0
+  say "embed_teacher join"
+  embed_args; mpi "$EMBED_RANKS"
+  "${MPI[@]}" "$BIN/embed_teacher" "${EMBED_ARGS[@]}" --join
+}
+verify_embed() { embed_args; "$BIN/embed_teacher" "${EMBED_ARGS[@]}" --verify; }
+
+# ---- train_student: TRAIN_CMD, run by the caller (the batch script runs it in the background
+# to forward signals)
+train_args() {
+  TRAIN_ARGS=("${D[@]}" --crops "$CROPS" --cache "$CACHE" --init "$TEACHER_PATH"
+              --run-dir "$TRAIN_DIR" --epochs "$EPOCHS" --batch "$BATCH" --lr "$LR" --wd "$WD"
+              --warmup "$WARMUP" --det-size "$DET_SIZE" --alpha "$ALPHA"
+              --save-every "$SAVE_EVERY" --seed "$TRAIN_SEED")
+}
+train_cmd() {
+  train_args; mpi "$TRAIN_RANKS"
+  TRAIN_CMD=("${MPI[@]}" "$BIN/train_student" "${TRAIN_ARGS[@]}" --resume)
+}
+verify_train() {
+  train_args
+  "$BIN/train_student" "${TRAIN_ARGS[@]}" --verify --ranks "$TRAIN_RANKS"
+}
+
+# ---- evaluate: one task per (model, benchmark) line of the manifest, then the comparison
+# manifest lines: label TAB checkpoint TAB benchmark TAB results JSON
+write_manifest() {
+  mkdir -p "$EVAL_DIR"
+  local tmp=$MANIFEST.tmp.$$ e b w
+  {
+    echo "# label	checkpoint	benchmark	results (written by slurm/lib.sh for $JOB_FILE)"
+    for b in $EVAL_BENCHMARKS; do
+      printf 'teacher\t%s\t%s\t%s\n' "$TEACHER_PATH" "$b" "$EVAL_DIR/teacher@$b.json"
+      for ((e = 1; e < EPOCHS; e++)); do
+        printf 'epoch_%d\t%s\t%s\t%s\n' "$e" "$TRAIN_DIR/epoch_$e.h5" "$b" "$EVAL_DIR/epoch_$e@$b.json"
+      done
+      printf 'student\t%s\t%s\t%s\n' "$TRAIN_DIR/student.h5" "$b" "$EVAL_DIR/student@$b.json"
+      for w in $EVAL_MODELS; do
+        printf '%s\t%s\t%s\t%s\n' "${w%%=*}" "${w#*=}" "$b" "$EVAL_DIR/${w%%=*}@$b.json"
+      done
+    done
+  } >"$tmp" && mv -f "$tmp" "$MANIFEST"
+}
+# manifest_task I: MT_LABEL MT_MODEL MT_BENCH MT_OUT of task I (0-based)
+manifest_task() {
+  local line
+  line=$(grep -v '^#' "$MANIFEST" | sed -n "$(( $1 + 1 ))p")
+  [ -n "$line" ] || { echo "clipself: $MANIFEST has no task $1" >&2; return 1; }
+  IFS=$'\t' read -r MT_LABEL MT_MODEL MT_BENCH MT_OUT <<<"$line"
+}
+manifest_count() { grep -vc '^#' "$MANIFEST"; }
+eval_args() {
+  EVAL_ARGS=(--datasets "$DATASETS" --dataset "$MT_BENCH" --model "$MT_MODEL" --label "$MT_LABEL"
+             --det-size "$DET_SIZE" --out "$MT_OUT")
+}
+stage_eval() {
+  manifest_task "$1" || return 1
+  say "evaluate $MT_LABEL on $MT_BENCH"
+  eval_args; mpi "$EVAL_RANKS"
+  "${MPI[@]}" "$BIN/evaluate" "${EVAL_ARGS[@]}"
+}
+verify_eval() {
+  manifest_task "$1" || return 1
+  [ -e "$MT_MODEL" ] || return 1
+  eval_args
+  "$BIN/evaluate" "${EVAL_ARGS[@]}" --verify
+}
+stage_compare() {
+  say "compare"
+  "$BIN/compare_results" --manifest "$MANIFEST" --out "$RUN_DIR/comparison"
+}
