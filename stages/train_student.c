@@ -74,6 +74,34 @@ static long newest_checkpoint(const char *dir) {
     return best;
 }
 
+static int cmp_desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+/* Remove all but the newest keep step checkpoints (each holds the parameters and both AdamW
+ * moments: 1 GB for B/16). Called after a new one is safely written. */
+static void prune_checkpoints(const char *dir, int keep) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    long steps[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096) {
+        long s;
+        char tail[8];
+        if (sscanf(e->d_name, "step_%ld.%7s", &s, tail) == 2 && !strcmp(tail, "h5")) steps[n++] = s;
+    }
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof steps[0], cmp_desc);
+    for (int i = keep; i < n; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/step_%08ld.h5", dir, steps[i]);
+        if (unlink(path) != 0)
+            fprintf(stderr, "train_student: warning: cannot remove %s: %s\n", path, strerror(errno));
+    }
+}
+
 /* out = alpha * a + (1 - alpha) * b over the flat buffers */
 static void ensemble(float *out, const float *a, const float *b, size_t n, float alpha) {
     for (size_t i = 0; i < n; i++) out[i] = alpha * a[i] + (1.0f - alpha) * b[i];
@@ -104,7 +132,7 @@ int main(int argc, char **argv) {
     const char *cfg = "datasets.cfg", *name = NULL, *crops = NULL, *cache = NULL, *init = NULL;
     const char *run = NULL;
     int epochs = 0, batch = 2, warmup = 1000, det = 1024, save_every = 1000, resume = 0;
-    int seed = 0, max_steps = 0, verify = 0, ranks = 0;
+    int seed = 0, max_steps = 0, verify = 0, ranks = 0, keep = 2;
     float lr = 1e-5f, wd = 0.1f, alpha = 0.7f;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
@@ -124,6 +152,7 @@ int main(int argc, char **argv) {
         {"alpha", CLI_FLOAT, &alpha, "epoch model = alpha * student + (1 - alpha) * teacher"},
         {"save-every", CLI_INT, &save_every, "checkpoint every N steps (and at the end)"},
         {"resume", CLI_FLAG, &resume, "continue from the newest checkpoint in the run folder"},
+        {"keep", CLI_INT, &keep, "step checkpoints kept (the newest ones; older are removed)"},
         {"seed", CLI_INT, &seed, "seed of the image order"},
         {"max-steps", CLI_INT, &max_steps, "stop (with a checkpoint) after this global step"},
         {"verify", CLI_FLAG, &verify, "only check that <run-dir>/student.h5 is complete and was "
@@ -151,9 +180,9 @@ int main(int argc, char **argv) {
     CropFile cf;
     stage_check(&st, cropfile_read(&cf, crops), "run sample_crops first");
     if (epochs <= 0) epochs = cf.epochs;
-    if (epochs > cf.epochs || batch < 1 || det < 1 || save_every < 1) {
+    if (epochs > cf.epochs || batch < 1 || det < 1 || save_every < 1 || keep < 1) {
         cs_error_set(__FILE__, __LINE__, "need 1 <= epochs <= %d (the crops file's), batch >= 1, "
-                     "det-size >= 1, save-every >= 1", cf.epochs);
+                     "det-size >= 1, save-every >= 1, keep >= 1", cf.epochs);
         stage_die(&st, NULL);
     }
     uint64_t tdig = 0;
@@ -385,6 +414,7 @@ int main(int argc, char **argv) {
             VitOptState os = {step, opt.m, opt.v};
             snprintf(path, sizeof path, "%s/step_%08ld.h5", run, step);
             stage_check(&st, vit_save_h5(&student, path, &os), NULL);
+            prune_checkpoints(run, keep);
         }
         if (st.rank == 0 && epoch_end)
             stage_check(&st, save_epoch(&student, &teacher, alpha, run, epoch, step == total),

@@ -12,21 +12,11 @@ trap 'rm -rf "$T"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1}
 MPI2=(mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS -x UBSAN_OPTIONS)
-pass=0; fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok; else bad "$name"; fi; }
+# shellcheck source=tests/testlib.sh
+source "$(dirname "$0")/testlib.sh"
 run() { timeout 300 "$@" >>"$T/log" 2>&1; } # every stage's output goes to the log
 
-cat >"$T/datasets.cfg" <<CFG
-[t]
-images = data/images
-train = data/instances_train.json
-eval_images = data/images
-panoptic = data/panoptic_val.json
-panoptic_png = data/panoptic_val
-classes = data/classes.h5
-CFG
+dataset_entry t >"$T/datasets.cfg"
 D=(--datasets "$T/datasets.cfg" --dataset t)
 run "$BIN/make_dataset" --out "$T/data" --train 2 --val 4 --min-size 64 --max-size 128 || bad make_dataset
 run "$BIN/init_model" --preset tiny --seed 3 --out "$T/model_a.h5" || bad init_model

@@ -4,8 +4,8 @@
 # and the student, gathered in one comparison table; run again, it finds everything complete.
 set -u
 PY=${PYTHON:-/usr/bin/python3}
-pass=0; fail=0
-check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL $name"; fi; }
+# shellcheck source=tests/testlib.sh
+source "$(dirname "$0")/testlib.sh"
 log=$(mktemp /tmp/clipself-demo.XXXXXX)
 trap 'rm -f "$log"' EXIT
 scripts/demo "${BUILD:-build}" >"$log" 2>&1

@@ -17,10 +17,8 @@ PY=${PYTHON:-/usr/bin/python3}
 ROOT=$(pwd)
 T=$(mktemp -d /tmp/clipself-slurm.XXXXXX)
 export PATH=$PATH:/usr/sbin
-pass=0; fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok; else bad "$name"; fi; }
+# shellcheck source=tests/testlib.sh
+source "$(dirname "$0")/testlib.sh"
 cleanup() {
   if [ -n "${SLURM_CONF:-}" ]; then
     scancel --user "$(id -un)" 2>/dev/null
@@ -36,22 +34,7 @@ finish() {
 }
 
 # ---- the experiment: a generated dataset known under two benchmark names
-cat >"$T/datasets.cfg" <<CFG
-[s]
-images = data/images
-train = data/instances_train.json
-eval_images = data/images
-panoptic = data/panoptic_val.json
-panoptic_png = data/panoptic_val
-classes = data/classes.h5
-[s_again]
-images = data/images
-train = data/instances_train.json
-eval_images = data/images
-panoptic = data/panoptic_val.json
-panoptic_png = data/panoptic_val
-classes = data/classes.h5
-CFG
+{ dataset_entry s; dataset_entry s_again; } >"$T/datasets.cfg"
 "$BUILD/bin/init_model" --preset tiny --seed 7 --out "$T/other.h5" >/dev/null || bad "init_model other"
 job() { # job RUN_DIR: the experiment file for that run directory
   cat <<JOB

@@ -13,10 +13,8 @@ trap 'rm -rf "$T"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1}
 MPI2=(mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS -x UBSAN_OPTIONS)
-pass=0; fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL $*"; }
-check() { local name=$1; shift; if "$@" >/dev/null 2>&1; then ok; else bad "$name"; fi; }
+# shellcheck source=tests/testlib.sh
+source "$(dirname "$0")/testlib.sh"
 run() { timeout 600 "$@" >>"$T/log" 2>&1; } # every stage's output goes to the log
 same_h5() { h5diff -q "$1" "$2" >/dev/null 2>&1; }
 # SIGKILL a process group and wait until none of it is left
@@ -27,15 +25,7 @@ kill_group() {
   bad "process group $1 survived kill -9"
 }
 
-cat >"$T/datasets.cfg" <<CFG
-[t]
-images = data/images
-train = data/instances_train.json
-eval_images = data/images
-panoptic = data/panoptic_val.json
-panoptic_png = data/panoptic_val
-classes = data/classes.h5
-CFG
+dataset_entry t >"$T/datasets.cfg"
 D=(--datasets "$T/datasets.cfg" --dataset t)
 run "$BIN/make_dataset" --out "$T/data" --train 24 --val 6 --min-size 64 --max-size 128 || bad make_dataset
 run "$BIN/init_model" --preset tiny --seed 3 --out "$T/teacher.h5" || bad init_model
@@ -114,6 +104,7 @@ check "train_student: resuming with other settings is refused" grep -q "other se
 run "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/killed" --resume
 check "train_student: resumed run equals the uninterrupted one bit for bit" same_h5 "$T/full/student.h5" "$T/killed/student.h5"
 check "train_student: epoch models written" test -e "$T/full/epoch_1.h5" -a -e "$T/full/epoch_2.h5"
+check "train_student: only the newest 2 step checkpoints are kept" test "$(ls "$T/full"/step_*.h5 | wc -l)" -eq 2
 check "train_student: the loss fell" "$PY" -c "
 import sys
 l = [float(r.split(',')[2]) for r in open('$T/full/train_log.csv').read().splitlines()[1:]]
