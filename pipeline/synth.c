@@ -941,6 +941,8 @@ int synth_prepare_dirs(const char *out) {
     CS_TRY(make_dir(p));
     snprintf(p, sizeof p, "%s/panoptic_val", out);
     CS_TRY(make_dir(p));
+    snprintf(p, sizeof p, "%s/panoptic_train", out);
+    CS_TRY(make_dir(p));
     return 0;
 }
 
@@ -985,8 +987,9 @@ int synth_generate(const SynthConfig *c, const char *out, int rank, int nranks, 
         if (n <= 0 || (size_t)n >= sizeof path)
             rc = cs_error_set(__FILE__, __LINE__, "synth: output path too long: %s", out);
         if (rc == 0) rc = write_jpeg(path, im.rgb, im.width, im.height);
-        if (rc == 0 && split == SYNTH_VAL) {
-            snprintf(path, sizeof path, "%s/panoptic_val/%012d.png", out, im.rec.image_id);
+        if (rc == 0) {
+            snprintf(path, sizeof path, "%s/panoptic_%s/%012d.png", out,
+                     split == SYNTH_VAL ? "val" : "train", im.rec.image_id);
             rc = write_png_ids(path, im.ids, im.width, im.height);
         }
         if (rc == 0) rc = synth_records_push(r, &im.rec, im.rle, im.rle_len);
@@ -1095,13 +1098,16 @@ fail:
     return -1;
 }
 
-typedef enum { DOC_INSTANCES, DOC_PANOPTIC, DOC_CATEGORIES } DocKind;
+/* DOC_PANOPTIC: the val split's panoptic JSON; DOC_PANOPTIC_TRAIN the train split's (things
+ * and stuff, for training a teacher: pretrain_teacher). */
+typedef enum { DOC_INSTANCES, DOC_PANOPTIC, DOC_PANOPTIC_TRAIN, DOC_CATEGORIES } DocKind;
 
 /* The body of one JSON document. order: the records sorted; off[i]: start of record i's RLE. */
 static int json_document(yajl_gen g, DocKind kind, const SynthConfig *c, const SynthRecords *all,
                          const int *order, const size_t *off) {
     if (kind == DOC_CATEGORIES) return json_categories(g, 1);
-    int split = kind == DOC_INSTANCES ? SYNTH_TRAIN : SYNTH_VAL;
+    int split = kind == DOC_PANOPTIC ? SYNTH_VAL : SYNTH_TRAIN;
+    if (kind == DOC_PANOPTIC_TRAIN) kind = DOC_PANOPTIC; /* the same document, the other split */
     J(yajl_gen_map_open(g));
     if (json_info(g, c) != 0) goto fail;
     J(jstr(g, "images"));
@@ -1234,6 +1240,7 @@ int synth_write_annotations(const SynthConfig *c, const char *out, const SynthRe
         }
     }
     if (write_json(out, "instances_train.json", DOC_INSTANCES, c, all, order, off) != 0 ||
+        write_json(out, "panoptic_train.json", DOC_PANOPTIC_TRAIN, c, all, order, off) != 0 ||
         write_json(out, "panoptic_val.json", DOC_PANOPTIC, c, all, order, off) != 0 ||
         write_json(out, "categories.json", DOC_CATEGORIES, c, all, order, off) != 0)
         goto done;

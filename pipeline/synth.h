@@ -14,6 +14,8 @@
  *                              is the visible mask as compressed RLE, iscrowd 0)
  *   panoptic_val.json          COCO panoptic annotations of the val images
  *   panoptic_val/NNNNNNNNNNNN.png  segment id = R + 256 G + 65536 B per pixel
+ *   panoptic_train.json, panoptic_train/  the same for the train images (things and stuff:
+ *                              what pretrain_teacher learns the categories from)
  *   categories.json            the panoptic categories list alone (things and stuff)
  * NNNNNNNNNNNN is the image id on 12 digits: train index k has id k + 1, val index k has id
  * SYNTH_VAL_ID_BASE + k + 1. Boxes are [x, y, w, h] of the visible mask with w = x1 - x0 + 1

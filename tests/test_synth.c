@@ -53,9 +53,9 @@ typedef struct {
 static int cmp_names(const void *a, const void *b) { return strcmp(a, b); }
 
 static void list_files(const char *dir, FileList *fl) {
-    static const char *subs[] = {".", "images", "panoptic_val"};
+    static const char *subs[] = {".", "images", "panoptic_val", "panoptic_train"};
     fl->n = 0;
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < 4; s++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, subs[s]);
         DIR *d = opendir(path);
@@ -79,7 +79,8 @@ static void check_same_dirs(const char *what, const char *a, const char *b) {
     list_files(b, &fb);
     char detail[512];
     snprintf(detail, sizeof detail, "%d files in %s, %d in %s", fa.n, a, fb.n, b);
-    int ok = fa.n == fb.n && fa.n == 3 + CFG.train + 2 * CFG.val;
+    /* 4 JSON files, a JPEG per image, a PNG per image */
+    int ok = fa.n == fb.n && fa.n == 4 + 2 * CFG.train + 2 * CFG.val;
     for (int i = 0; ok && i < fa.n; i++) {
         if (strcmp(fa.name[i], fb.name[i])) {
             snprintf(detail, sizeof detail, "file %s in %s, %s in %s", fa.name[i], a, fb.name[i], b);
@@ -277,15 +278,19 @@ done:
 
 /* Every segment's area and box from its PNG; every PNG id listed; every pixel labelled; the
  * images list matches the JPEG files. */
-static void check_panoptic(const char *dir) {
+static void check_panoptic(const char *dir, int split) {
+    const char *sp = split == SYNTH_VAL ? "val" : "train";
+    int count = split == SYNTH_VAL ? CFG.val : CFG.train;
     char path[1024], detail[512] = "";
-    snprintf(path, sizeof path, "%s/panoptic_val.json", dir);
+    snprintf(path, sizeof path, "%s/panoptic_%s.json", dir, sp);
     yajl_val pan = load_json(path);
     if (!pan) return;
     yajl_val images = jget(pan, "images"), anns = jget(pan, "annotations");
     int bad = 0, nseg = 0;
-    tu_check((int)jlen(images) == CFG.val && (int)jlen(anns) == CFG.val,
-             "panoptic: one image and one annotation per val image", NULL);
+    tu_check((int)jlen(images) == count && (int)jlen(anns) == count,
+             split == SYNTH_VAL ? "panoptic val: one image and one annotation per image"
+                                : "panoptic train: one image and one annotation per image",
+             NULL);
     for (size_t a = 0; a < jlen(anns) && a < jlen(images); a++) {
         yajl_val ann = jat(anns, a), img = jat(images, a);
         long long id = jint(ann, "image_id");
@@ -293,7 +298,7 @@ static void check_panoptic(const char *dir) {
         snprintf(want, sizeof want, "%012lld.png", id);
         snprintf(jpg_name, sizeof jpg_name, "%012lld.jpg", id);
         const char *png = YAJL_GET_STRING(jget(ann, "file_name"));
-        if (id != jint(img, "id") || id != synth_image_id(SYNTH_VAL, (int)a) || !png ||
+        if (id != jint(img, "id") || id != synth_image_id(split, (int)a) || !png ||
             strcmp(png, want) || !jis(img, "file_name", jpg_name)) {
             snprintf(detail, sizeof detail, "annotation %zu: image_id %lld, file_name %s", a, id,
                      png ? png : "(none)");
@@ -301,7 +306,7 @@ static void check_panoptic(const char *dir) {
             continue;
         }
         int W = 0, H = 0, jw = 0, jh = 0, hs = 0, vs = 0;
-        snprintf(path, sizeof path, "%s/panoptic_val/%s", dir, png);
+        snprintf(path, sizeof path, "%s/panoptic_%s/%s", dir, sp, png);
         unsigned char *rgb = read_png_rgb(path, &W, &H);
         snprintf(path, sizeof path, "%s/images/%s", dir, jpg_name);
         unsigned char *jpg = read_jpeg(path, &jw, &jh, &hs, &vs);
@@ -354,7 +359,7 @@ static void check_panoptic(const char *dir) {
     }
     char what[64];
     snprintf(what, sizeof what, "panoptic segments match their PNGs (%d segments)", nseg);
-    tu_check(bad == 0 && nseg > CFG.val, what, detail);
+    tu_check(bad == 0 && nseg > count, what, detail);
     yajl_tree_free(pan);
 }
 
@@ -585,7 +590,8 @@ int main(int argc, char **argv) {
     check_same_dirs("rerun gives the same bytes", lib1, again);
 
     check_categories(lib1);
-    check_panoptic(lib1);
+    check_panoptic(lib1, SYNTH_VAL);
+    check_panoptic(lib1, SYNTH_TRAIN);
     check_instances(lib1);
     check_jpeg(lib1);
     check_determinism_and_ranges();
