@@ -360,6 +360,47 @@ static int markdown(Buf *b, const Manifest *mf, const char **benches, int nb,
     return 0;
 }
 
+/* The before/after table of two labels on each benchmark where both are ok: one row per method
+ * and kind, top-1 and top-5 of each and the change, in points. */
+static int before_after(Buf *b, const Manifest *mf, const char **benches, int nb,
+                        const char *before, const char *after) {
+    for (int j = 0; j < nb; j++) {
+        const Entry *x = find(mf, before, benches[j]), *y = find(mf, after, benches[j]);
+        if (!x || !y || !x->ok || !y->ok) continue;
+        bprintf(b, "\n### Before/after on ");
+        bcell(b, benches[j]);
+        bprintf(b, ": ");
+        bcell(b, before);
+        bprintf(b, " -> ");
+        bcell(b, after);
+        bprintf(b, " (mAcc %%, change in points)\n\n| method | kind | top-1 ");
+        bcell(b, before);
+        bprintf(b, " | top-1 ");
+        bcell(b, after);
+        bprintf(b, " | change | top-5 ");
+        bcell(b, before);
+        bprintf(b, " | top-5 ");
+        bcell(b, after);
+        bprintf(b, " | change |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+        for (int i = 0; i < NMETRICS; i += 2) {
+            bprintf(b, "| %s | %s |", eval_method_names[i / 4], kinds[i / 2 % 2]);
+            for (int t = 0; t < 2; t++) {
+                int k = i + t;
+                if (x->has_value[k]) bprintf(b, " %.2f |", 100.0 * x->value[k]);
+                else bprintf(b, " - |");
+                if (y->has_value[k]) bprintf(b, " %.2f |", 100.0 * y->value[k]);
+                else bprintf(b, " - |");
+                if (x->has_value[k] && y->has_value[k])
+                    bprintf(b, " %+.2f |", 100.0 * (y->value[k] - x->value[k]));
+                else bprintf(b, " - |");
+            }
+            bprintf(b, "\n");
+        }
+    }
+    CS_CHECK(!b->oom, "out of memory writing the table");
+    return 0;
+}
+
 #define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
 
 static int json(const char *path, const Manifest *mf, const char **benches, int nb,
@@ -443,8 +484,11 @@ static int json(const char *path, const Manifest *mf, const char **benches, int 
 int main(int argc, char **argv) {
     Stage st;
     stage_begin(&st, "compare_results", &argc, &argv);
-    const char *manifest = NULL, *out = NULL;
+    const char *manifest = NULL, *out = NULL, *before = NULL, *after = NULL;
     CliOpt opts[] = {
+        {"before", CLI_STRING, &before, "with --after: a before/after table of these two labels "
+                                        "(e.g. teacher and student) on each benchmark"},
+        {"after", CLI_STRING, &after, "the label compared against --before"},
         {"manifest", CLI_STRING, &manifest,
          "the expected results, one per line: label<TAB>model<TAB>benchmark<TAB>result.json "
          "(required)"},
@@ -493,6 +537,8 @@ int main(int argc, char **argv) {
         stage_check(&st, distinct(&mf, 0, &labels, &nl), NULL);
         Buf md = {0};
         stage_check(&st, markdown(&md, &mf, benches, nb, labels, nl, nbad), NULL);
+        if (before && after)
+            stage_check(&st, before_after(&md, &mf, benches, nb, before, after), NULL);
         size_t plen = strlen(out) + 6;
         char *md_path = malloc(plen), *json_path = malloc(plen);
         if (!md_path || !json_path) {

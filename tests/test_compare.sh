@@ -133,6 +133,24 @@ sys.exit(0 if [x['status'] for x in c['results']] == ['ok', 'ok'] and
 check "compare_results: a null metric is '-' in the table" "$PY" -c "
 import sys; row = [l for l in open('$T/ok.md') if l.startswith('| B run |')][0]
 sys.exit(0 if [c.strip() for c in row.split('|')][9] == '-' else 1)"
+"$BIN/compare_results" --manifest "$T/ok.tsv" --out "$T/ba" --before model_a --after "B run" >/dev/null 2>&1
+check "compare_results --before/--after: 6 rows, each change = after - before" "$PY" - "$T" <<'PYEOF'
+import json, sys
+T = sys.argv[1]
+a, b = (json.load(open(f"{T}/{n}.json"))["metrics"] for n in ("a", "b_null"))
+text = open(f"{T}/ba.md").read().split("### Before/after on t: model_a -> B run")[1]
+rows = [l for l in text.splitlines() if l.startswith("| rois") or l.startswith("| crops") or l.startswith("| maskpool")]
+assert len(rows) == 6, rows
+for r in rows:
+    c = [x.strip() for x in r.split("|")[1:-1]]
+    for t, off in ((1, 2), (5, 5)):
+        k = f"{c[0]}.{c[1]}.macc{t}"
+        if b[k] is None:
+            assert c[off + 1] == "-" and c[off + 2] == "-", r
+            continue
+        assert c[off] == f"{100 * a[k]:.2f}" and c[off + 1] == f"{100 * b[k]:.2f}", r
+        assert c[off + 2] == f"{100 * (b[k] - a[k]):+.2f}", r
+PYEOF
 
 # ---- a result of another dataset is invalid ----
 printf 'model_a\t%s\tother\t%s\n' "$T/model_a.h5" "$T/a.json" >"$T/other.tsv"
