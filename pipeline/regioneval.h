@@ -35,7 +35,7 @@ typedef struct {
     const CocoCategories *cats;
     int det, crop, batch, max_segments;
     /* work buffers kept for the whole run */
-    float *full;      /* (3, det, det) */
+    float *full;      /* (3, det, det) the current image's normalised full-image input */
     float *crops;     /* (batch, 3, crop, crop) */
     float *dense;     /* (N, E) copy of the dense map, N = (det/P)^2 */
     float *feat;      /* (max_segments, E) region features of one method */
@@ -58,7 +58,9 @@ int regioneval_init(RegionEval *re, Vit *model, const ClassEmbeddings *classes,
 void regioneval_free(RegionEval *re);
 
 /* Evaluate one image: im is the decoded image, ids (h, w) its panoptic segment ids. Adds to
- * counts; *used gets the number of segments evaluated. */
+ * counts; *used gets the number of segments evaluated. On success re->full holds the image's
+ * full-image input (3, det, det) and re->dense the model's dense map of it (N, E), until the
+ * next call (pictures draw from them). */
 int regioneval_image(RegionEval *re, RegionCounts *counts, const Image *im, const uint32_t *ids,
                      const CocoPanopticImage *pi, int *used);
 

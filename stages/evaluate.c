@@ -1,6 +1,8 @@
 /* evaluate: region recognition on a COCO panoptic dataset (pipeline/regioneval.h): rois,
  * crops and maskpool, thing and stuff, Top-1/Top-5 mAcc. Images are split over ranks and the
- * per-class tallies summed; rank 0 writes the results JSON and a markdown table. */
+ * per-class tallies summed; rank 0 writes the results JSON and a markdown table. With
+ * --pictures, the first images also get a PNG each (pipeline/picture.h), drawn by the rank that
+ * evaluates them; pictures cost nothing without it and never change the results. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include "datasets.h"
 #include "digest.h"
 #include "image.h"
+#include "picture.h"
 #include "progress.h"
 #include "regioneval.h"
 #include "report.h"
@@ -33,7 +36,8 @@ int main(int argc, char **argv) {
     stage_begin(&st, "evaluate", &argc, &argv);
     const char *cfg = "datasets.cfg", *name = NULL, *model_path = NULL, *out = NULL;
     const char *classes_path = NULL, *label = NULL;
-    int det = 1024, crop = 0, batch = 16, max_images = 0, verify = 0;
+    const char *pic_dir = NULL, *pic_vs = NULL;
+    int det = 1024, crop = 0, batch = 16, max_images = 0, verify = 0, pic_max = 6, pic_size = 256;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
         {"datasets", CLI_STRING, &cfg, "dataset registry"},
@@ -46,6 +50,14 @@ int main(int argc, char **argv) {
         {"crop-size", CLI_INT, &crop, "crop input side (0: the model's native size)"},
         {"batch", CLI_INT, &batch, "crops per forward pass"},
         {"max-images", CLI_INT, &max_images, "evaluate only the first N images (0: all)"},
+        {"pictures", CLI_STRING, &pic_dir,
+         "write DIR/<image_id>.png for the first --pictures-max images, one row of panels: "
+         "image | ground truth | [--pictures-vs class map |] this model's class map; and "
+         "DIR/legend.txt (\"r g b name\" per class)"},
+        {"pictures-max", CLI_INT, &pic_max, "images drawn with --pictures (the first of the list)"},
+        {"pictures-size", CLI_INT, &pic_size, "longest side of a picture's panels, pixels"},
+        {"pictures-vs", CLI_STRING, &pic_vs,
+         "a second checkpoint (e.g. the teacher) whose class map is drawn before this model's"},
         {"verify", CLI_FLAG, &verify, "only check that --out holds this model's complete results "
                                       "with these settings (exit 0), is missing (1) or not (2)"},
     };
@@ -60,6 +72,15 @@ int main(int argc, char **argv) {
     }
     if (!name || !model_path || !out) {
         cs_error_set(__FILE__, __LINE__, "--dataset, --model and --out are required");
+        stage_die(&st, "see --help");
+    }
+    if (pic_vs && !pic_dir) {
+        cs_error_set(__FILE__, __LINE__, "--pictures-vs needs --pictures DIR");
+        stage_die(&st, "see --help");
+    }
+    if (pic_dir && (pic_max < 1 || pic_size < 1 || pic_size > PICTURE_MAX_SIZE)) {
+        cs_error_set(__FILE__, __LINE__, "--pictures-max must be positive and --pictures-size "
+                     "in 1..%d", PICTURE_MAX_SIZE);
         stage_die(&st, "see --help");
     }
     char label_buf[256];
@@ -100,6 +121,15 @@ int main(int argc, char **argv) {
     stage_check(&st, regioneval_init(&re, &model, &ce, &pan.categories, det, crop, batch), NULL);
     RegionCounts rc;
     stage_check(&st, region_counts_init(&rc, ce.num), NULL);
+    Vit vs = {0};
+    Pictures pics = {0};
+    if (pic_dir) {
+        if (pic_vs)
+            stage_check(&st, vit_load(&vs, pic_vs, NULL), "--pictures-vs takes a checkpoint");
+        stage_check(&st, pictures_init(&pics, pic_dir, pic_size, det, &ce, pic_vs ? &vs : NULL),
+                    "--pictures DIR must be a writable directory");
+        if (st.rank == 0) stage_check(&st, pictures_write_legend(&pics, &pan.categories), NULL);
+    }
     int n = max_images > 0 && max_images < pan.num_images ? max_images : pan.num_images;
     Image im = {0};
     uint32_t *ids = NULL;
@@ -140,6 +170,9 @@ int main(int argc, char **argv) {
         } else {
             stats[0]++;
             stats[2] += used;
+            if (pic_dir && i < pic_max)
+                stage_check(&st, pictures_draw(&pics, &im, ids, pi, re.full, re.dense,
+                                               model.cfg.patch), "--pictures DIR must be writable");
         }
         progress_update(&prog, (long)(i / st.size + 1) * st.size);
     }
@@ -184,6 +217,8 @@ int main(int argc, char **argv) {
     image_free(&im);
     region_counts_free(&rc);
     regioneval_free(&re);
+    pictures_free(&pics);
+    if (pic_vs) vit_free(&vs);
     vit_free(&model);
     classes_free(&ce);
     coco_panoptic_free(&pan);

@@ -77,7 +77,12 @@ timeout 900 scripts/run-job "$T/local.job" "$BUILD" >"$T/local.log" 2>&1
 check "the local run of the experiment exits 0" test $? -eq 0
 [ -s "$T/local/comparison.json" ] || { tail -n 30 "$T/local.log"; bad "local run"; finish; }
 
-# ---- the cluster
+# ---- the cluster, on two free ports (other clusters may be running on this machine)
+for _ in $(seq 1 50); do
+  SLURM_PORT=$(( 20000 + RANDOM % 20000 ))
+  (exec 3<>"/dev/tcp/127.0.0.1/$SLURM_PORT") 2>/dev/null || (exec 3<>"/dev/tcp/127.0.0.1/$((SLURM_PORT + 1))") 2>/dev/null || break
+done
+export SLURM_PORT
 if ! slurm/local-cluster start "$T/cluster" >"$T/cluster.log" 2>&1; then
   cat "$T/cluster.log"; bad "the one-node Slurm cluster starts"; finish
 fi
