@@ -1,14 +1,18 @@
-/* checkpoint.c: saving and loading the ViT (and AdamW state) as HDF5, layout in checkpoint.h.
+/* checkpoint.c: saving and loading the ViT (and AdamW state, and extra training state) as
+ * HDF5, layout in checkpoint.h; the step checkpoints of a run folder.
  *
  * HDF5's own error-stack printing is switched off for the duration of every call here: a
  * failure is reported once, through cs_error(), with the path, the object and HDF5's most
  * specific reason ("truncated file: eof = ...", "file signature not found"). */
 #include "checkpoint.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "h5util.h"
@@ -62,7 +66,8 @@ static int write_moments(hid_t f, const char *group, const Vit *m, const float *
     return rc;
 }
 
-static int write_file(hid_t f, const Vit *m, const VitOptState *opt, const char *path) {
+static int write_file(hid_t f, const Vit *m, const VitOptState *opt, const CheckpointExtra *extra,
+                      int nextra, const char *path) {
     const VitConfig *c = &m->cfg;
     const struct {
         const char *name;
@@ -80,21 +85,37 @@ static int write_file(hid_t f, const Vit *m, const VitOptState *opt, const char 
         CS_TRY(write_moments(f, "adamw_m", m, opt->m, opt->step, path));
         CS_TRY(write_moments(f, "adamw_v", m, opt->v, opt->step, path));
     }
+    for (int i = 0; i < nextra; i++) {
+        const CheckpointExtra *e = &extra[i];
+        hsize_t dims[2] = {(hsize_t)e->dims[0], (hsize_t)(e->ndim > 1 ? e->dims[1] : 0)};
+        CS_TRY(h5u_write(f, e->name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, e->ndim, dims, e->data,
+                         path));
+    }
     return 0;
 }
 
 typedef struct {
     Vit *m;
     VitOptState *opt;
+    const CheckpointExtra *extra;
+    int nextra;
 } CheckpointIO;
 
 static int fill(hid_t f, void *ctx, const char *path) {
     CheckpointIO *io = ctx;
-    return write_file(f, io->m, io->opt, path);
+    return write_file(f, io->m, io->opt, io->extra, io->nextra, path);
 }
 
 int vit_save_h5(const Vit *m, const char *path, const VitOptState *opt) {
-    CheckpointIO io = {(Vit *)m, (VitOptState *)opt};
+    return vit_save_h5_extra(m, path, opt, NULL, 0);
+}
+
+int vit_save_h5_extra(const Vit *m, const char *path, const VitOptState *opt,
+                      const CheckpointExtra *extra, int nextra) {
+    for (int i = 0; i < nextra; i++)
+        CS_CHECK(extra[i].ndim == 1 || extra[i].ndim == 2, "%s: extra dataset %s has %d "
+                 "dimensions, 1 or 2 expected", path, extra[i].name, extra[i].ndim);
+    CheckpointIO io = {(Vit *)m, (VitOptState *)opt, extra, nextra};
     return h5u_write_file(path, fill, &io);
 }
 
@@ -200,7 +221,7 @@ static int read_cb(hid_t f, void *ctx, const char *path) {
 int vit_load_h5(Vit *m, const char *path, VitOptState *opt) {
     memset(m, 0, sizeof *m);
     if (opt) opt->m = opt->v = NULL;
-    CheckpointIO io = {m, opt};
+    CheckpointIO io = {m, opt, NULL, 0};
     int rc = h5u_read_file(path, "checkpoint", read_cb, &io);
     if (rc != 0) {
         vit_free(m);
@@ -213,8 +234,79 @@ int vit_load_h5(Vit *m, const char *path, VitOptState *opt) {
     return rc;
 }
 
+static int read_extra_cb(hid_t f, void *ctx, const char *path) {
+    const CheckpointIO *io = ctx;
+    for (int i = 0; i < io->nextra; i++) {
+        const CheckpointExtra *e = &io->extra[i];
+        CS_CHECK(e->ndim == 1 || e->ndim == 2, "%s: extra dataset %s has %d dimensions, 1 or 2 "
+                 "expected", path, e->name, e->ndim);
+        hsize_t dims[2] = {(hsize_t)e->dims[0], (hsize_t)(e->ndim > 1 ? e->dims[1] : 0)};
+        CS_TRY(read_dataset(f, "", e->name, e->ndim, dims, e->data, path));
+    }
+    return 0;
+}
+
+int checkpoint_read_extra(const char *path, const CheckpointExtra *extra, int nextra) {
+    CheckpointIO io = {NULL, NULL, extra, nextra};
+    return h5u_read_file(path, "checkpoint", read_extra_cb, &io);
+}
+
 int vit_load(Vit *m, const char *path, const VitConfig *hint) {
     size_t n = strlen(path), k = strlen(".safetensors");
     if (n >= k && !strcmp(path + n - k, ".safetensors")) return vit_load_safetensors(m, path, hint);
     return vit_load_h5(m, path, NULL);
+}
+
+/* ---- run folders -------------------------------------------------------------------------- */
+
+int checkpoint_step_path(char *out, size_t len, const char *dir, long step) {
+    int n = snprintf(out, len, "%s/step_%08ld.h5", dir, step);
+    CS_CHECK(n >= 0 && (size_t)n < len, "checkpoint path in %s is too long", dir);
+    return 0;
+}
+
+/* The step of a file name step_N.h5, or -1. */
+static long step_of(const char *name) {
+    long s;
+    char tail[8];
+    if (sscanf(name, "step_%ld.%7s", &s, tail) == 2 && !strcmp(tail, "h5") && s >= 0) return s;
+    return -1;
+}
+
+long checkpoint_newest(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    long best = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long s = step_of(e->d_name);
+        if (s > best) best = s;
+    }
+    closedir(d);
+    return best;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+void checkpoint_prune(const char *dir, int keep) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    long steps[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096) {
+        long s = step_of(e->d_name);
+        if (s >= 0) steps[n++] = s;
+    }
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof steps[0], cmp_desc);
+    for (int i = keep; i < n; i++) {
+        char path[4200];
+        if (checkpoint_step_path(path, sizeof path, dir, steps[i]) == 0 && unlink(path) != 0)
+            fprintf(stderr, "warning: cannot remove old checkpoint %s: %s\n", path,
+                    strerror(errno));
+    }
 }

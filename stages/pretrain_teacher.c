@@ -1,0 +1,660 @@
+/* pretrain_teacher: CLIP-style pretraining of a small ViT on a COCO panoptic dataset, so that a
+ * demo has a teacher that, like real CLIP, recognises whole crops but whose dense (v2) features
+ * recognise regions poorly: CLIPSelf (train_student) then has something to fix.
+ *
+ * The samples of an epoch are every annotated segment of every image as a crop (things: the
+ * bbox enlarged by a random factor in [1.2, 1.8] about a centre jittered by up to 10% of the
+ * box side, clipped to the image; stuff: the bbox with the same centre jitter), labelled with
+ * its category, plus each whole image labelled uniformly over the categories in it. Crops go
+ * through the same transform as evaluate's crops (preprocess_crop: resize the longest side,
+ * centred padding). The order and the jitter are functions of (seed, epoch, sample) alone.
+ *
+ * Model: the ViT's image embedding against a learned matrix of class embeddings, both
+ * L2-normalised, logits scaled by a learned exp(log_scale) (pipeline/contrastive.h); the loss
+ * is the mean over the global batch, so a step is the same on any split of it over ranks.
+ * Gradients are summed over ranks (the ViT's flat buffer in one call, the class embeddings,
+ * the scale and the step's tallies in another) and every rank takes the same AdamW step.
+ * Checkpoints (ViT, class embeddings, scale, all AdamW moments, step, the epoch's tallies) are
+ * written atomically every --save-every steps and on SIGTERM/SIGUSR1; --resume continues from
+ * the newest, bit-identically, and refuses a run folder whose settings (run.txt) differ. At the
+ * end the teacher (--out) and its normalised class embeddings (--classes-out, what evaluate
+ * reads) are written, and <run-dir>/outputs.txt records the settings and digests of both for
+ * --verify. */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "adamw.h"
+#include "check.h"
+#include "checkpoint.h"
+#include "classes.h"
+#include "coco.h"
+#include "contrastive.h"
+#include "datasets.h"
+#include "digest.h"
+#include "image.h"
+#include "ops.h"
+#include "progress.h"
+#include "stage.h"
+#include "vit.h"
+
+#define MIN_SIDE 2 /* px: a thinner box could round to an empty crop */
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+/* ---- samples --------------------------------------------------------------------------------- */
+
+enum { KIND_THING, KIND_STUFF, KIND_IMAGE, KINDS };
+static const char *const kind_names[KINDS] = {"things", "stuff", "images"};
+
+typedef struct {
+    int image;   /* index into CocoPanoptic.images */
+    int segment; /* index into its segments, or -1: the whole image */
+} Sample;
+
+/* The step's tallies, summed over ranks with the gradients, and over an epoch on every rank. */
+enum { TALLY_LOSS, TALLY_OK, TALLY_N = TALLY_OK + KINDS, TALLY_STOP = TALLY_N + KINDS, TALLIES };
+
+static uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1): draw j of a sample's jitter in an epoch, a function of its key alone. */
+static double jitter(unsigned long long seed, int epoch, int sample, int j) {
+    uint64_t k = mix64(mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) + (uint64_t)epoch) +
+                       (uint64_t)sample);
+    return (double)(mix64(k + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
+}
+
+/* splitmix64 keyed shuffle of 0..n-1 for an epoch: a function of (seed, epoch). */
+static void epoch_order(int *order, int n, unsigned long long seed, int epoch) {
+    unsigned long long s = seed * 0x9E3779B97F4A7C15ULL + (unsigned long long)epoch + 1;
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        uint64_t z = mix64(s += 0x9E3779B97F4A7C15ULL);
+        int j = (int)(z % (unsigned long long)(i + 1)), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+}
+
+/* Every segment with a box of at least 8x8 px of area (evaluate's rule) and MIN_SIDE px a side,
+ * then the whole image (if it has a segment). A box outside its image (by more than a pixel of
+ * rounding) is an error: its crop would be empty or another region. */
+static int build_samples(Sample **out, int *n, const CocoPanoptic *pan, const char *path) {
+    *n = 0;
+    CS_ALLOC(*out, (size_t)pan->num_segments + (size_t)pan->num_images + 1);
+    for (int i = 0; i < pan->num_images; i++) {
+        const CocoPanopticImage *pi = &pan->images[i];
+        for (int s = 0; s < pi->num_segments; s++) {
+            const double *b = pi->segments[s].bbox;
+            CS_CHECK(b[0] >= -1.0 && b[1] >= -1.0 && b[0] + b[2] <= pi->width + 1.0 &&
+                         b[1] + b[3] <= pi->height + 1.0,
+                     "%s: image %s, segment %u: bbox [%g, %g, %g, %g] is outside the %dx%d image",
+                     path, pi->file_name, pi->segments[s].id, b[0], b[1], b[2], b[3], pi->width,
+                     pi->height);
+            if (b[2] * b[3] >= 64.0 && b[2] >= MIN_SIDE && b[3] >= MIN_SIDE)
+                (*out)[(*n)++] = (Sample){i, s};
+        }
+        if (pi->num_segments > 0) (*out)[(*n)++] = (Sample){i, -1};
+    }
+    return 0;
+}
+
+/* The crop box (x0, y0, x1, y1) of sample id in an epoch, in the pixels of an image W x H. */
+static void sample_box(double box[4], const CocoSegment *sg, int thing, int W, int H,
+                       unsigned long long seed, int epoch, int id) {
+    if (!sg) {
+        box[0] = 0, box[1] = 0, box[2] = W, box[3] = H;
+        return;
+    }
+    double x = sg->bbox[0], y = sg->bbox[1], w = sg->bbox[2], h = sg->bbox[3];
+    double f = thing ? 1.2 + 0.6 * jitter(seed, epoch, id, 0) : 1.0;
+    double cx = x + 0.5 * w + 0.1 * w * (2.0 * jitter(seed, epoch, id, 1) - 1.0);
+    double cy = y + 0.5 * h + 0.1 * h * (2.0 * jitter(seed, epoch, id, 2) - 1.0);
+    box[0] = fmax(cx - 0.5 * f * w, 0.0), box[1] = fmax(cy - 0.5 * f * h, 0.0);
+    box[2] = fmin(cx + 0.5 * f * w, (double)W), box[3] = fmin(cy + 0.5 * f * h, (double)H);
+}
+
+static int sample_kind(const CocoPanoptic *pan, const Sample *sm) {
+    if (sm->segment < 0) return KIND_IMAGE;
+    const CocoSegment *sg = &pan->images[sm->image].segments[sm->segment];
+    return pan->categories.cats[sg->category].isthing ? KIND_THING : KIND_STUFF;
+}
+
+typedef struct {
+    int image, k;
+} Slot;
+
+static int cmp_slot(const void *a, const void *b) {
+    const Slot *x = a, *y = b;
+    return x->image != y->image ? (x->image > y->image) - (x->image < y->image)
+                                : (x->k > y->k) - (x->k < y->k);
+}
+
+/* ---- the step's batch ------------------------------------------------------------------------ */
+
+typedef struct {
+    const CocoPanoptic *pan;
+    const char *root;
+    int S, K;
+    float *imgs;   /* (batch, 3, S, S) */
+    float *target; /* (batch, K) */
+    int *kind;     /* (batch) KIND_* */
+    int *label;    /* (batch) category index, -1 for a whole image */
+    Slot *slots;   /* (batch) the batch in image order: each image decoded once */
+    Image im;
+    ImageWork ws;
+} Loader;
+
+/* Fill the batch with samples ids[0..n) of epoch. */
+static int load_batch(Loader *ld, const Sample *samples, const int *ids, int n,
+                      unsigned long long seed, int epoch) {
+    const CocoPanoptic *pan = ld->pan;
+    int S = ld->S, K = ld->K, current = -1;
+    for (int k = 0; k < n; k++) ld->slots[k] = (Slot){samples[ids[k]].image, k};
+    qsort(ld->slots, (size_t)n, sizeof *ld->slots, cmp_slot);
+    for (int j = 0; j < n; j++) {
+        int k = ld->slots[j].k;
+        const Sample *sm = &samples[ids[k]];
+        const CocoPanopticImage *pi = &pan->images[sm->image];
+        if (sm->image != current) {
+            char path[4096];
+            CS_TRY(coco_image_path(path, sizeof path, ld->root, pi->file_name));
+            CS_TRY(image_read_jpeg(&ld->im, path));
+            CS_CHECK(ld->im.w == pi->width && ld->im.h == pi->height, "%s is %dx%d, its "
+                     "annotation says %dx%d", path, ld->im.w, ld->im.h, pi->width, pi->height);
+            current = sm->image;
+        }
+        const CocoSegment *sg = sm->segment >= 0 ? &pi->segments[sm->segment] : NULL;
+        int kind = sample_kind(pan, sm);
+        double box[4];
+        sample_box(box, sg, kind == KIND_THING, pi->width, pi->height, seed, epoch, ids[k]);
+        if (preprocess_crop(ld->imgs + (size_t)k * 3 * S * S, &ld->im, box, S, &ld->ws) != 0)
+            return cs_error_context("image %s, %s box [%g, %g, %g, %g]", pi->file_name,
+                                    sg ? "segment" : "whole-image", box[0], box[1], box[2],
+                                    box[3]);
+        float *t = ld->target + (size_t)k * K; /* (K) */
+        memset(t, 0, (size_t)K * sizeof(float));
+        ld->kind[k] = kind;
+        ld->label[k] = sg ? sg->category : -1;
+        if (sg) {
+            t[sg->category] = 1.0f;
+        } else { /* uniform over the categories present */
+            int present = 0;
+            for (int s = 0; s < pi->num_segments; s++) t[pi->segments[s].category] = 1.0f;
+            for (int c = 0; c < K; c++) present += t[c] > 0.0f;
+            for (int c = 0; c < K; c++) t[c] /= (float)present;
+        }
+    }
+    return 0;
+}
+
+/* ---- run folder ------------------------------------------------------------------------------ */
+
+/* Keep the header and the rows of a CSV log whose first field is at most last (rows after the
+ * checkpoint a run resumes from are about to be redone). */
+static void truncate_log(const char *path, long last) {
+    FILE *old = fopen(path, "r");
+    if (!old) return;
+    char tmp[4200], line[512];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *keep = fopen(tmp, "w");
+    while (keep && fgets(line, sizeof line, old))
+        if (!isdigit((unsigned char)line[0]) || atol(line) <= last) fputs(line, keep);
+    fclose(old);
+    if (keep && fclose(keep) == 0) rename(tmp, path);
+}
+
+/* The first line of a small text file into buf ("" if there is none). */
+static void read_line(char *buf, size_t len, const char *path) {
+    buf[0] = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    if (!fgets(buf, (int)len, f)) buf[0] = 0;
+    fclose(f);
+}
+
+/* outputs.txt: the settings signature, then the digests of the two outputs. Written through a
+ * temporary and a rename, after both outputs. */
+static int write_outputs_record(const char *run, const char *signature, const char *out,
+                                const char *classes_out) {
+    uint64_t d1, d2;
+    CS_TRY(file_digest(&d1, out));
+    CS_TRY(file_digest(&d2, classes_out));
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/outputs.txt", run);
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    CS_CHECK(f, "cannot write %s: %s", tmp, strerror(errno));
+    int bad = fprintf(f, "%smodel=%016llx classes=%016llx\n", signature, (unsigned long long)d1,
+                      (unsigned long long)d2) < 0;
+    bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        unlink(tmp);
+        CS_FAIL("cannot write %s: %s", path, strerror(errno));
+    }
+    return 0;
+}
+
+/* --verify: both outputs load, and outputs.txt says a finished run with this signature made
+ * exactly these files. */
+static int verify_outputs(const char *run, const char *signature, const char *out,
+                          const char *classes_out, const CocoCategories *cats, const Vit *shape) {
+    Vit done;
+    CS_TRY(vit_load_h5(&done, out, NULL));
+    int same = done.num_params == shape->num_params && done.cfg.embed == shape->cfg.embed;
+    vit_free(&done);
+    CS_CHECK(same, "%s is not a model of this shape", out);
+    ClassEmbeddings ce;
+    CS_TRY(classes_read(&ce, classes_out, cats));
+    classes_free(&ce);
+    char path[4200], line[1024] = "", digests[128] = "", want[128];
+    snprintf(path, sizeof path, "%s/outputs.txt", run);
+    FILE *f = fopen(path, "r");
+    CS_CHECK(f, "%s: no record of a finished run (%s)", path, strerror(errno));
+    if (!fgets(line, sizeof line, f) || !fgets(digests, sizeof digests, f)) line[0] = 0;
+    fclose(f);
+    CS_CHECK(!strcmp(line, signature), "%s was trained with other settings:\n  was: %s  now: %s",
+             out, line[0] ? line : "(unknown)\n", signature);
+    uint64_t d1, d2;
+    CS_TRY(file_digest(&d1, out));
+    CS_TRY(file_digest(&d2, classes_out));
+    snprintf(want, sizeof want, "model=%016llx classes=%016llx\n", (unsigned long long)d1,
+             (unsigned long long)d2);
+    CS_CHECK(!strcmp(digests, want), "%s or %s is not the file the run in %s wrote", out,
+             classes_out, run);
+    return 0;
+}
+
+/* The training state beside the ViT in a step checkpoint. head = [class embeddings (K, E) |
+ * log_scale], moments in the same layout. */
+static void head_extras(CheckpointExtra x[7], float *head, float *m, float *v, float *tally,
+                        int K, int E) {
+    size_t ke = (size_t)K * E;
+    x[0] = (CheckpointExtra){"contrastive/class_embeddings", 2, {K, E}, head};
+    x[1] = (CheckpointExtra){"contrastive/log_scale", 1, {1, 0}, head + ke};
+    x[2] = (CheckpointExtra){"contrastive/adamw_m/class_embeddings", 2, {K, E}, m};
+    x[3] = (CheckpointExtra){"contrastive/adamw_m/log_scale", 1, {1, 0}, m + ke};
+    x[4] = (CheckpointExtra){"contrastive/adamw_v/class_embeddings", 2, {K, E}, v};
+    x[5] = (CheckpointExtra){"contrastive/adamw_v/log_scale", 1, {1, 0}, v + ke};
+    x[6] = (CheckpointExtra){"train/epoch_tallies", 1, {TALLIES, 0}, tally};
+}
+
+/* Normal N(0, 1/E) class embeddings (Box-Muller on splitmix64), a function of the seed. */
+static void init_class_embeddings(float *cls, int K, int E, unsigned long long seed) {
+    uint64_t s = mix64(seed ^ 0x5EED0C1A55E5ULL);
+    float sd = 1.0f / sqrtf((float)E);
+    for (long i = 0; i < (long)K * E; i += 2) {
+        double u1 = ((double)(mix64(s += 0x9E3779B97F4A7C15ULL) >> 11) + 0.5) * 0x1.0p-53;
+        double u2 = (double)(mix64(s += 0x9E3779B97F4A7C15ULL) >> 11) * 0x1.0p-53;
+        double r = sqrt(-2.0 * log(u1));
+        cls[i] = sd * (float)(r * cos(2.0 * M_PI * u2));
+        if (i + 1 < (long)K * E) cls[i + 1] = sd * (float)(r * sin(2.0 * M_PI * u2));
+    }
+}
+
+int main(int argc, char **argv) {
+    Stage st;
+    stage_begin(&st, "pretrain_teacher", &argc, &argv);
+    const char *cfg = "datasets.cfg", *name = NULL, *ann = NULL, *out = NULL, *classes_out = NULL;
+    const char *run = NULL, *act = "gelu";
+    VitConfig c = {.width = 128, .layers = 4, .heads = 4, .mlp = 512, .embed = 64, .patch = 8,
+                   .ln_eps = 1e-5f};
+    int size = 64, seed = 0, epochs = 20, batch = 32, warmup = 50, save_every = 500, keep = 2;
+    int resume = 0, max_steps = 0, verify = 0, ranks = 0, fixed_scale = 0;
+    float lr = 1e-3f, wd = 0.1f, logit_scale = 1.0f / 0.07f;
+    CliOpt opts[] = {
+        {"dataset", CLI_STRING, &name, "dataset name in the registry (required): images are read "
+                                       "from its images root"},
+        {"datasets", CLI_STRING, &cfg, "dataset registry"},
+        {"annotations", CLI_STRING, &ann, "COCO panoptic JSON of images in that root (required): "
+                                          "segments give boxes and categories"},
+        {"out", CLI_STRING, &out, "teacher checkpoint to write (.h5, required)"},
+        {"classes-out", CLI_STRING, &classes_out, "class embeddings to write, one per category of "
+                                                  "the annotations, normalised (required)"},
+        {"run-dir", CLI_STRING, &run, "folder for checkpoints, run.txt and the logs (required)"},
+        {"width", CLI_INT, &c.width, "ViT width"},
+        {"layers", CLI_INT, &c.layers, "ViT blocks"},
+        {"heads", CLI_INT, &c.heads, "attention heads"},
+        {"mlp", CLI_INT, &c.mlp, "MLP width"},
+        {"embed", CLI_INT, &c.embed, "embedding dimension"},
+        {"patch", CLI_INT, &c.patch, "patch size"},
+        {"size", CLI_INT, &size, "input side (the positional grid is size / patch; evaluate "
+                                 "crops at it by default)"},
+        {"act", CLI_STRING, &act, "MLP activation: gelu | quickgelu"},
+        {"seed", CLI_INT, &seed, "seed of the initialisation, the sample order and the jitter"},
+        {"epochs", CLI_INT, &epochs, "epochs to train"},
+        {"batch", CLI_INT, &batch, "samples per rank per step"},
+        {"lr", CLI_FLOAT, &lr, "peak learning rate"},
+        {"wd", CLI_FLOAT, &wd, "AdamW weight decay on the ViT's matrices (none on biases, norms, "
+                               "1-D tensors, the class embeddings and the logit scale)"},
+        {"warmup", CLI_INT, &warmup, "linear warmup steps, then cosine decay to 0"},
+        {"logit-scale", CLI_FLOAT, &logit_scale, "initial logit scale (CLIP: 1/0.07); learned, "
+                                                 "kept in [1, 100]"},
+        {"fixed-scale", CLI_FLAG, &fixed_scale, "keep the logit scale at --logit-scale"},
+        {"save-every", CLI_INT, &save_every, "checkpoint every N steps (and at the end)"},
+        {"keep", CLI_INT, &keep, "step checkpoints kept (the newest ones; older are removed)"},
+        {"resume", CLI_FLAG, &resume, "continue from the newest checkpoint in the run folder"},
+        {"max-steps", CLI_INT, &max_steps, "stop (with a checkpoint) after this global step"},
+        {"verify", CLI_FLAG, &verify, "only check that --out and --classes-out are complete and "
+                                      "were made by a finished run with these settings (exit 0), "
+                                      "missing (1) or not (2)"},
+        {"ranks", CLI_INT, &ranks, "with --verify: the ranks the run uses (0: this job's)"},
+    };
+    if (stage_options(&st, argc, argv,
+                      "CLIP-style teacher pretraining (data-parallel over MPI ranks): a ViT's "
+                      "image embedding of every annotated segment's crop (and of every whole "
+                      "image) is classified against learned class embeddings. Writes the teacher "
+                      "(--out), its class embeddings (--classes-out), and <run-dir>/step_N.h5 "
+                      "checkpoints, train_log.csv (per step) and epoch_log.csv (loss and train "
+                      "top-1 per epoch: things, stuff, whole images).",
+                      opts, (int)(sizeof opts / sizeof opts[0]))) {
+        stage_end(&st);
+        return 0;
+    }
+    if (!name || !ann || !out || !classes_out || !run) {
+        cs_error_set(__FILE__, __LINE__, "--dataset, --annotations, --out, --classes-out and "
+                     "--run-dir are required");
+        stage_die(&st, "see --help");
+    }
+    c.act = !strcmp(act, "gelu") ? ACT_GELU : !strcmp(act, "quickgelu") ? ACT_QUICKGELU : -1;
+    if (c.act < 0 || size < 1 || c.patch < 1 || size % c.patch || epochs < 1 || batch < 1 ||
+        warmup < 0 || save_every < 1 || keep < 1 ||
+        !(logit_scale >= 1.0f && logit_scale <= 100.0f)) {
+        cs_error_set(__FILE__, __LINE__, "need --act gelu|quickgelu, --size a multiple of "
+                     "--patch, epochs, batch, save-every and keep >= 1, warmup >= 0 and a logit "
+                     "scale in [1, 100]");
+        stage_die(&st, "see --help");
+    }
+    c.grid = size / c.patch;
+    signal(SIGTERM, on_signal);
+    signal(SIGUSR1, on_signal);
+    Dataset ds;
+    stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
+    CocoPanoptic pan;
+    stage_check(&st, coco_read_panoptic(&pan, ann), "--annotations must be a COCO panoptic JSON");
+    uint64_t adig = 0;
+    if (st.rank == 0) stage_check(&st, file_digest(&adig, ann), NULL);
+    MPI_Bcast(&adig, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    Vit m;
+    stage_check(&st, vit_init(&m, &c), "see --help for the model shape options");
+    int K = pan.categories.num, E = c.embed;
+    Sample *samples;
+    int nsamples;
+    stage_check(&st, build_samples(&samples, &nsamples, &pan, ann), NULL);
+    int G = batch * st.size;
+    long per_epoch = nsamples / G, total = per_epoch * epochs;
+    if (per_epoch < 1) {
+        cs_error_set(__FILE__, __LINE__, "%s gives %d samples, fewer than one global batch of %d",
+                     ann, nsamples, G);
+        stage_die(&st, "use fewer ranks or a smaller --batch");
+    }
+    /* What a resumed run must share with the run it continues: anything else would change the
+     * model, the schedule, the data or the arithmetic. */
+    char signature[1024], sigpath[4200], path[4200];
+    snprintf(signature, sizeof signature,
+             "ranks=%d batch=%d epochs=%d seed=%d lr=%.9g wd=%.9g warmup=%d size=%d width=%d "
+             "layers=%d heads=%d mlp=%d embed=%d patch=%d act=%s logit_scale=%.9g fixed=%d "
+             "dataset=%s annotations=%016llx\n",
+             verify && ranks > 0 ? ranks : st.size, batch, epochs, seed, (double)lr, (double)wd,
+             warmup, size, c.width, c.layers, c.heads, c.mlp, c.embed, c.patch, act,
+             (double)logit_scale, fixed_scale, name, (unsigned long long)adig);
+    snprintf(sigpath, sizeof sigpath, "%s/run.txt", run);
+    if (verify) {
+        int rc = 0;
+        const char *file = out;
+        if (st.rank == 0) {
+            if (access(out, F_OK) == 0 && access(classes_out, F_OK) != 0) file = classes_out;
+            rc = verify_outputs(run, signature, out, classes_out, &pan.categories, &m);
+        }
+        stage_verified(&st, rc, file);
+    }
+    if (st.rank == 0 && warmup >= total)
+        fprintf(stderr, "pretrain_teacher: warning: --warmup %d is not below the %ld steps of "
+                "the run: the learning rate never leaves the warmup\n", warmup, total);
+    if (st.rank == 0 && mkdir(run, 0777) != 0 && errno != EEXIST) {
+        cs_error_set(__FILE__, __LINE__, "cannot create %s: %s", run, strerror(errno));
+        stage_die(&st, NULL);
+    }
+    long newest = -1;
+    if (st.rank == 0) { /* one rank decides: file systems may disagree */
+        newest = checkpoint_newest(run);
+        char old[1024];
+        read_line(old, sizeof old, sigpath);
+        if (!resume && newest >= 0) {
+            cs_error_set(__FILE__, __LINE__, "%s already holds checkpoints of a run", run);
+            stage_die(&st, "continue it with --resume, or choose a new --run-dir");
+        }
+        if (newest >= 0 && strcmp(old, signature) != 0) {
+            cs_error_set(__FILE__, __LINE__, "%s was made by a run with other settings:\n  was: "
+                         "%s  now: %s", run, old[0] ? old : "(unknown)\n", signature);
+            stage_die(&st, "resume with the same ranks, batch, epochs, seed, schedule, model and "
+                           "annotations, or start in a new --run-dir");
+        }
+        if (newest < 0) {
+            FILE *sf = fopen(sigpath, "w");
+            if (!sf || fputs(signature, sf) < 0 || fclose(sf) != 0) {
+                cs_error_set(__FILE__, __LINE__, "cannot write %s", sigpath);
+                stage_die(&st, NULL);
+            }
+        }
+        /* the outputs are about to be rewritten: no record may vouch for them meanwhile */
+        snprintf(path, sizeof path, "%s/outputs.txt", run);
+        unlink(path);
+    }
+    MPI_Bcast(&newest, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+
+    /* the model, the contrastive head and their optimiser state */
+    size_t ke = (size_t)K * E, nh = ke + 1; /* head = [class embeddings (K, E) | log_scale] */
+    stage_check(&st, vit_alloc_grads(&m), NULL);
+    AdamWConfig ac = {lr, 0.9f, 0.999f, 1e-8f, wd};
+    AdamW opt;
+    stage_check(&st, adamw_init(&opt, &ac, m.num_params), NULL);
+    float *head = calloc(nh, sizeof(float)), *head_m = calloc(nh, sizeof(float));
+    float *head_v = calloc(nh, sizeof(float));
+    float *tail = calloc(nh + TALLIES, sizeof(float)); /* [d head | step tallies], one allreduce */
+    float tally[TALLIES] = {0};                        /* this epoch's, summed over its steps */
+    CheckpointExtra extras[7];
+    head_extras(extras, head, head_m, head_v, tally, K, E);
+    long step = 0;
+    if (newest >= 0) {
+        Vit back;
+        VitOptState os;
+        stage_check(&st, checkpoint_step_path(path, sizeof path, run, newest), NULL);
+        stage_check(&st, vit_load_h5(&back, path, &os), NULL);
+        if (back.num_params != m.num_params) {
+            cs_error_set(__FILE__, __LINE__, "%s is not a checkpoint of this model", path);
+            stage_die(&st, NULL);
+        }
+        stage_check(&st, checkpoint_read_extra(path, extras, 7), NULL);
+        memcpy(m.params_mem, back.params_mem, m.num_params * sizeof(float));
+        memcpy(opt.m, os.m, m.num_params * sizeof(float));
+        memcpy(opt.v, os.v, m.num_params * sizeof(float));
+        opt.step = step = os.step;
+        free(os.m), free(os.v);
+        vit_free(&back);
+        if (st.rank == 0) printf("pretrain_teacher: resumed from %s (step %ld)\n", path, step);
+    } else {
+        vit_init_random(&m, mix64((unsigned long long)seed + 1));
+        init_class_embeddings(head, K, E, (unsigned long long)seed);
+        head[ke] = logf(logit_scale);
+    }
+    /* open_clip clamps the learned scale to [1, 100] after every step */
+    const float ls_max = logf(100.0f);
+
+    int S = size;
+    Loader ld = {.pan = &pan, .root = ds.images, .S = S, .K = K};
+    ld.imgs = malloc((size_t)batch * 3 * S * S * sizeof(float));
+    ld.target = malloc((size_t)batch * K * sizeof(float));
+    ld.kind = malloc((size_t)batch * sizeof(int));
+    ld.label = malloc((size_t)batch * sizeof(int));
+    ld.slots = malloc((size_t)batch * sizeof(Slot));
+    float *demb = malloc((size_t)batch * E * sizeof(float));
+    int *order = malloc((size_t)nsamples * sizeof(int));
+    if (!head || !head_m || !head_v || !tail || !ld.imgs || !ld.target || !ld.kind || !ld.label ||
+        !ld.slots || !demb || !order) {
+        cs_error_set(__FILE__, __LINE__, "out of memory for a batch of %d at %dx%d", batch, S, S);
+        stage_die(&st, "use a smaller --batch");
+    }
+    ContrastiveLoss cl;
+    stage_check(&st, contrastive_init(&cl, batch, K, E), NULL);
+    stage_check(&st, vit_prepare(&m, VIT_IMAGE, batch, S, S, 1), NULL);
+
+    FILE *log = NULL, *elog = NULL;
+    if (st.rank == 0) {
+        char epath[4200];
+        snprintf(path, sizeof path, "%s/train_log.csv", run);
+        snprintf(epath, sizeof epath, "%s/epoch_log.csv", run);
+        if (step) truncate_log(path, step), truncate_log(epath, step / per_epoch);
+        log = fopen(path, step ? "a" : "w");
+        elog = fopen(epath, step ? "a" : "w");
+        if (!log || !elog) {
+            cs_error_set(__FILE__, __LINE__, "cannot write the logs in %s: %s", run,
+                         strerror(errno));
+            stage_die(&st, NULL);
+        }
+        if (!step) {
+            fprintf(log, "step,epoch,loss,top1,lr,logit_scale,samples_per_s\n");
+            fprintf(elog, "epoch,loss,top1_things,top1_stuff,top1_images,logit_scale\n");
+        }
+        int counts[KINDS] = {0};
+        for (int i = 0; i < nsamples; i++) counts[sample_kind(&pan, &samples[i])]++;
+        printf("pretrain_teacher: %d images, %d categories; %d samples per epoch (%d things, %d "
+               "stuff, %d whole images); %d ranks x %d, %ld steps per epoch, %d epochs, %ld "
+               "steps; ViT %d wide, %d blocks, %zu parameters, input %d\n",
+               pan.num_images, K, nsamples, counts[KIND_THING], counts[KIND_STUFF],
+               counts[KIND_IMAGE], st.size, batch, per_epoch, epochs, total, c.width, c.layers,
+               m.num_params + nh, S);
+    }
+    Progress prog;
+    progress_init(&prog, "pretrain_teacher", "steps", total, st.rank == 0);
+    double t0 = now_seconds();
+    long steps_here = 0;
+    int last_epoch = -1;
+    while (step < total) {
+        int epoch = (int)(step / per_epoch);
+        if (epoch != last_epoch) epoch_order(order, nsamples, (unsigned long long)seed, epoch);
+        last_epoch = epoch;
+        const int *ids = order + (step % per_epoch) * G + (size_t)st.rank * batch;
+        stage_check(&st, load_batch(&ld, samples, ids, batch, (unsigned long long)seed, epoch),
+                    "the images must be the annotations' own, in the dataset's images root");
+        vit_forward(&m, ld.imgs);
+        float loss;
+        stage_check(&st, contrastive_forward(&cl, &loss, m.acts.out, head, head[ke], ld.target,
+                                             batch), NULL);
+        /* the loss is the global batch's mean: each rank's mean weighs 1 / ranks */
+        memset(tail, 0, (nh + TALLIES) * sizeof(float));
+        memset(demb, 0, (size_t)batch * E * sizeof(float));
+        contrastive_backward(&cl, demb, tail, tail + ke, 1.0f / (float)st.size);
+        vit_zero_grad(&m);
+        stage_check(&st, vit_backward(&m, demb, NULL), NULL);
+        float *tl = tail + nh;
+        tl[TALLY_LOSS] = loss * (float)batch;
+        for (int k = 0; k < batch; k++) {
+            const float *z = cl.logits + (size_t)k * K; /* (K) */
+            int best = 0;
+            for (int j = 1; j < K; j++) best = z[j] > z[best] ? j : best;
+            int hit = ld.label[k] >= 0 ? best == ld.label[k]
+                                       : ld.target[(size_t)k * K + best] > 0.0f;
+            tl[TALLY_OK + ld.kind[k]] += (float)hit;
+            tl[TALLY_N + ld.kind[k]] += 1.0f;
+        }
+        tl[TALLY_STOP] = stop_requested || (max_steps > 0 && step + 1 >= max_steps);
+        MPI_Allreduce(MPI_IN_PLACE, m.grads_mem, (int)m.num_params, MPI_FLOAT, MPI_SUM,
+                      MPI_COMM_WORLD);
+        MPI_Allreduce(MPI_IN_PLACE, tail, (int)(nh + TALLIES), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        double lr_now = lr_at_step(lr, warmup, total, step);
+        adamw_step(&opt, &m, (float)lr_now);
+        /* no weight decay on the head: the loss normalises the class embeddings, so decay
+         * would only shrink them (raising their effective step size), and CLIP exempts its
+         * logit scale */
+        adamw_update(head, tail, head_m, head_v, fixed_scale ? ke : nh, (float)lr_now, ac.beta1,
+                     ac.beta2, ac.eps, 0.0f, opt.step);
+        head[ke] = fminf(fmaxf(head[ke], 0.0f), ls_max);
+        step++, steps_here++;
+        for (int t = 0; t < TALLY_STOP; t++) tally[t] += tl[t];
+        double ok = 0, n = 0, rate = steps_here * G / (now_seconds() - t0);
+        for (int t = 0; t < KINDS; t++) ok += tl[TALLY_OK + t], n += tl[TALLY_N + t];
+        if (log) {
+            fprintf(log, "%ld,%d,%.7f,%.4f,%.6e,%.4f,%.1f\n", step, epoch, tl[TALLY_LOSS] / G,
+                    ok / n, lr_now, exp(head[ke]), rate);
+            fflush(log);
+        }
+        progress_update(&prog, step);
+        int stop = tl[TALLY_STOP] > 0.0f, epoch_end = step % per_epoch == 0;
+        if (epoch_end) {
+            double acc[KINDS];
+            for (int t = 0; t < KINDS; t++)
+                acc[t] = tally[TALLY_N + t] > 0 ? tally[TALLY_OK + t] / tally[TALLY_N + t] : NAN;
+            double eloss = tally[TALLY_LOSS] / ((double)per_epoch * G);
+            if (st.rank == 0) {
+                printf("pretrain_teacher: epoch %d/%d: loss %.4f, train top-1 %s %.1f%%, %s "
+                       "%.1f%%, %s %.1f%%, logit scale %.2f, %.1f samples/s\n",
+                       epoch + 1, epochs, eloss, kind_names[0], 100 * acc[0], kind_names[1],
+                       100 * acc[1], kind_names[2], 100 * acc[2], exp(head[ke]), rate);
+                fprintf(elog, "%d,%.6f,%.4f,%.4f,%.4f,%.4f\n", epoch + 1, eloss, acc[0], acc[1],
+                        acc[2], exp(head[ke]));
+                fflush(elog);
+            }
+            memset(tally, 0, sizeof tally);
+        }
+        if (st.rank == 0 && (step % save_every == 0 || step == total || stop)) {
+            VitOptState os = {step, opt.m, opt.v};
+            stage_check(&st, checkpoint_step_path(path, sizeof path, run, step), NULL);
+            stage_check(&st, vit_save_h5_extra(&m, path, &os, extras, 7), NULL);
+            checkpoint_prune(run, keep);
+        }
+        if (stop && step < total) {
+            if (st.rank == 0)
+                printf("pretrain_teacher: stopping at step %ld (%s); continue with --resume\n",
+                       step, stop_requested ? "signal" : "--max-steps");
+            break;
+        }
+    }
+    progress_done(&prog, step);
+    if (st.rank == 0 && step == total) {
+        float *cls_n = malloc(ke * sizeof(float)), *norm = malloc((size_t)K * sizeof(float));
+        if (!cls_n || !norm) {
+            cs_error_set(__FILE__, __LINE__, "out of memory");
+            stage_die(&st, NULL);
+        }
+        l2norm_forward(cls_n, norm, head, K, E);
+        char source[4300]; /* no output path in it: the same run elsewhere is the same file */
+        snprintf(source, sizeof source, "pretrain_teacher: learned with the teacher on %s, seed "
+                 "%d (logit scale %.3f)", ann, seed, exp(head[ke]));
+        stage_check(&st, vit_save_h5(&m, out, NULL), NULL);
+        stage_check(&st, classes_write(classes_out, &pan.categories, cls_n, E, source), NULL);
+        stage_check(&st, write_outputs_record(run, signature, out, classes_out), NULL);
+        printf("pretrain_teacher: wrote the teacher %s and its %d class embeddings %s\n", out, K,
+               classes_out);
+        free(cls_n), free(norm);
+    }
+    if (log) fclose(log);
+    if (elog) fclose(elog);
+    free(head), free(head_m), free(head_v), free(tail), free(demb), free(order), free(samples);
+    free(ld.imgs), free(ld.target), free(ld.kind), free(ld.label), free(ld.slots);
+    image_free(&ld.im);
+    image_work_free(&ld.ws);
+    contrastive_free(&cl);
+    adamw_free(&opt);
+    vit_free(&m);
+    coco_panoptic_free(&pan);
+    stage_end(&st);
+    return 0;
+}
