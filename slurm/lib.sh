@@ -14,10 +14,15 @@ job_defaults() {
   EPOCHS=2 MAX_SPLIT=6 MAX_BOXES=20 CROP_SEED=0
   BATCH=2 LR=1e-5 WD=0.1 WARMUP=1000 DET_SIZE=1024 ALPHA=0.7 SAVE_EVERY=1000 TRAIN_SEED=0
   TEACHER="" TEACHER_PRESET=tiny TEACHER_SEED=1 DATA_DIR="" EMBED_CHUNK=64 FP16=0
+  # TEACHER_PRETRAIN=1: pretrain_teacher trains the teacher and the class embeddings on the
+  # generated dataset's train split (PRETRAIN_*: model shape, input size, recipe)
+  TEACHER_PRETRAIN=0 PRETRAIN_WIDTH=128 PRETRAIN_LAYERS=4 PRETRAIN_HEADS=4 PRETRAIN_MLP=512
+  PRETRAIN_EMBED=64 PRETRAIN_PATCH=8 PRETRAIN_SIZE=64 PRETRAIN_EPOCHS=20 PRETRAIN_BATCH=32
+  PRETRAIN_LR=1e-3 PRETRAIN_WD=0.1 PRETRAIN_WARMUP=50 PRETRAIN_SEED=0 PRETRAIN_SAVE_EVERY=200
   # Slurm resources (slurm/submit)
   PARTITION="" ACCOUNT="" QOS="" SBATCH_EXTRA=""
   CROPS_SHARDS=1 EMBED_SHARDS=1 EMBED_RANKS="" TRAIN_NODES=1 TRAIN_RANKS="" EVAL_RANKS=""
-  TIME_PREPARE=01:00:00 TIME_CROPS=00:30:00 TIME_EMBED=04:00:00 TIME_TRAIN=24:00:00
+  TIME_PREPARE=01:00:00 TIME_TEACHER=04:00:00 TIME_CROPS=00:30:00 TIME_EMBED=04:00:00 TIME_TRAIN=24:00:00
   TIME_EVAL=02:00:00 MEM_PER_CPU="" SIGNAL_SECONDS=300
   # cluster-wide evaluation: benchmarks (dataset names) x models (this run's teacher, epochs
   # and student, plus EVAL_MODELS: "label=checkpoint" words)
@@ -39,6 +44,8 @@ job_load() {
   EMBED_RANKS=${EMBED_RANKS:-$RANKS} TRAIN_RANKS=${TRAIN_RANKS:-$RANKS}
   EVAL_RANKS=${EVAL_RANKS:-$RANKS} EVAL_BENCHMARKS=${EVAL_BENCHMARKS:-$DATASET}
   TEACHER_PATH=${TEACHER:-$RUN_DIR/teacher.h5}
+  PRETRAIN_ANNOTATIONS=${PRETRAIN_ANNOTATIONS:-$DATA_DIR/panoptic_train.json}
+  CLASSES_OUT=${CLASSES_OUT:-$DATA_DIR/classes.h5}
   CROPS=$RUN_DIR/crops.h5 CACHE=$RUN_DIR/teacher_cache.h5 TRAIN_DIR=$RUN_DIR/train
   EVAL_DIR=$RUN_DIR/eval MANIFEST=$RUN_DIR/eval/manifest.tsv
   D=(--datasets "$DATASETS" --dataset "$DATASET")
@@ -65,17 +72,44 @@ mpi() {
 
 say() { echo "=== $* ($(date '+%F %T'))"; }
 
-# ---- prepare: the dataset (when the job generates one), the teacher, class embeddings
+# ---- prepare: the dataset, when the job generates one (DATA_DIR)
 stage_prepare() {
   say "prepare"
   mkdir -p "$RUN_DIR"
-  if [ -n "$DATA_DIR" ] && [ ! -e "$DATA_DIR/panoptic_val.json" ]; then
+  if [ -n "$DATA_DIR" ] && ! verify_prepare; then
     mpi "$RANKS"
     "${MPI[@]}" "$BIN/make_dataset" --out "$DATA_DIR" --train "$TRAIN_IMAGES" --val "$VAL_IMAGES" \
       --seed "${DATA_SEED:-0}"
   fi
-  if [ -z "$TEACHER" ] && ! "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" \
-      --out "$TEACHER_PATH" --verify >/dev/null; then
+}
+verify_prepare() {
+  [ -z "$DATA_DIR" ] && return 0
+  [ -e "$DATA_DIR/panoptic_val.json" ] && [ -e "$DATA_DIR/panoptic_train.json" ] &&
+    [ -e "$DATA_DIR/instances_train.json" ]
+}
+
+# ---- teacher: a given checkpoint (TEACHER), one pretrained here with its class embeddings
+# (TEACHER_PRETRAIN=1), or a random one with random class embeddings (TEACHER_PRESET)
+pretrain_args() {
+  PRETRAIN_ARGS=("${D[@]}" --annotations "$PRETRAIN_ANNOTATIONS" --out "$TEACHER_PATH"
+                 --classes-out "$CLASSES_OUT" --run-dir "$RUN_DIR/pretrain"
+                 --width "$PRETRAIN_WIDTH" --layers "$PRETRAIN_LAYERS" --heads "$PRETRAIN_HEADS"
+                 --mlp "$PRETRAIN_MLP" --embed "$PRETRAIN_EMBED" --patch "$PRETRAIN_PATCH"
+                 --size "$PRETRAIN_SIZE" --epochs "$PRETRAIN_EPOCHS" --batch "$PRETRAIN_BATCH"
+                 --lr "$PRETRAIN_LR" --wd "$PRETRAIN_WD" --warmup "$PRETRAIN_WARMUP"
+                 --seed "$PRETRAIN_SEED" --save-every "$PRETRAIN_SAVE_EVERY")
+}
+stage_teacher() {
+  say "teacher"
+  mkdir -p "$RUN_DIR"
+  [ -n "$TEACHER" ] && return 0
+  if [ "$TEACHER_PRETRAIN" = 1 ]; then
+    pretrain_args; mpi "$RANKS"
+    "${MPI[@]}" "$BIN/pretrain_teacher" "${PRETRAIN_ARGS[@]}" --resume
+    return
+  fi
+  if ! "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" --out "$TEACHER_PATH" \
+      --verify >/dev/null; then
     "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" --out "$TEACHER_PATH"
   fi
   # placeholder class embeddings only for a dataset this job generates; random_classes never
@@ -86,9 +120,13 @@ stage_prepare() {
     "$BIN/random_classes" "${D[@]}" --embed "$embed"
   fi
 }
-verify_prepare() {
-  [ -z "$DATA_DIR" ] || [ -e "$DATA_DIR/panoptic_val.json" ] || return 1
+verify_teacher() {
   if [ -n "$TEACHER" ]; then [ -e "$TEACHER" ] || return 1; return 0; fi
+  if [ "$TEACHER_PRETRAIN" = 1 ]; then
+    pretrain_args
+    "$BIN/pretrain_teacher" "${PRETRAIN_ARGS[@]}" --verify --ranks "$RANKS"
+    return
+  fi
   "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" --out "$TEACHER_PATH" --verify
 }
 
@@ -201,5 +239,6 @@ verify_eval() {
 }
 stage_compare() {
   say "compare"
-  "$BIN/compare_results" --manifest "$MANIFEST" --out "$RUN_DIR/comparison"
+  "$BIN/compare_results" --manifest "$MANIFEST" --out "$RUN_DIR/comparison" --before teacher \
+    --after student
 }

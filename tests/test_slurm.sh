@@ -106,7 +106,8 @@ slurm/submit "$T/slurm.job" >"$T/submit.log" 2>&1
 check "slurm/submit exits 0" test $? -eq 0
 ids=$(sed -n 's/^jobs: //p' "$T/submit.log")
 echo "test_slurm: submitted $ids"
-check "the whole chain was submitted (8 jobs: prepare, crops + join, embed + join, train, eval, compare)" \
+check "the dataset the local run made is complete: prepare skipped" grep -qE '^  prepare +complete, skipped' "$T/submit.log"
+check "the rest of the chain was submitted (8 jobs: teacher, crops + join, embed + join, train, eval, compare)" \
   test "$(echo "$ids" | wc -w)" -eq 8
 check "every stage is on the submission's list" \
   grep -qE '^  eval +job .*array 0-7 of 8' "$T/submit.log"
@@ -145,7 +146,7 @@ check "the comparison table has a section per benchmark" test "$(grep -c '^### '
 slurm/submit "$T/slurm.job" >"$T/submit2.log" 2>&1
 check "a second submission exits 0" test $? -eq 0
 check "a second submission submits nothing" grep -q '^jobs: *$' "$T/submit2.log"
-check "it reports every stage complete" test "$(grep -c 'complete, skipped' "$T/submit2.log")" -ge 4
+check "it reports every stage complete" test "$(grep -c 'complete, skipped' "$T/submit2.log")" -ge 5
 
 # a stale output stops the submission, naming the file
 cp "$T/slurm/crops.h5" "$T/crops.bak"
@@ -161,8 +162,8 @@ mkdir -p "$T/rq"
 cp "$T/slurm/teacher.h5" "$T/slurm/crops.h5" "$T/slurm/teacher_cache.h5" "$T/rq/"
 slurm/submit "$T/rq.job" >"$T/submit4.log" 2>&1
 check "the training submission exits 0" test $? -eq 0
-check "prepare, crops and embed are skipped as complete" \
-  test "$(grep -cE '^  (prepare|crops|embed) +complete, skipped' "$T/submit4.log")" -eq 3
+check "prepare, teacher, crops and embed are skipped as complete" \
+  test "$(grep -cE '^  (prepare|teacher|crops|embed) +complete, skipped' "$T/submit4.log")" -eq 4
 ids=$(sed -n 's/^jobs: //p' "$T/submit4.log")
 tj=$(echo "$ids" | awk '{print $1}')
 log=$T/rq/train/train_log.csv
