@@ -27,6 +27,9 @@ job_defaults() {
   # cluster-wide evaluation: benchmarks (dataset names) x models (this run's teacher, epochs
   # and student, plus EVAL_MODELS: "label=checkpoint" words)
   EVAL_BENCHMARKS="" EVAL_MODELS=""
+  # PICTURES=N: the student's evaluation draws its first N images (image, ground truth, the
+  # teacher's and the student's per-token class maps) into RUN_DIR/pictures/<benchmark>/
+  PICTURES=0
 }
 
 job_load() {
@@ -229,7 +232,12 @@ stage_eval() {
   manifest_task "$1" || return 1
   say "evaluate $MT_LABEL on $MT_BENCH"
   eval_args; mpi "$EVAL_RANKS"
-  "${MPI[@]}" "$BIN/evaluate" "${EVAL_ARGS[@]}"
+  local pics=()
+  if [ "$PICTURES" -gt 0 ] && [ "$MT_LABEL" = student ]; then
+    pics=(--pictures "$RUN_DIR/pictures/$MT_BENCH" --pictures-max "$PICTURES"
+          --pictures-vs "$TEACHER_PATH")
+  fi
+  "${MPI[@]}" "$BIN/evaluate" "${EVAL_ARGS[@]}" "${pics[@]}"
 }
 verify_eval() {
   manifest_task "$1" || return 1
