@@ -5,8 +5,9 @@
  *   img_n  = img / ||img||,  cls_n = cls / ||cls||            (torch F.normalize, eps 1e-12)
  *   logits = exp(log_scale) * img_n . cls_n^T                  (N, K)
  *   loss   = mean_i sum_k -target[i, k] * log_softmax(logits)[i, k]
- * which is torch F.cross_entropy(logits, target) with probability targets (a row of target
- * sums to 1: one-hot for a region, uniform over its categories for a whole image).
+ * which is torch F.cross_entropy(logits, target) with probability targets: any distribution
+ * per row (pretrain_teacher's: a box's visible pixels per category, things weighted up); an
+ * all-zero row adds nothing to the loss or the gradients (but counts in the mean's N).
  * CLIP clamps the logit scale after each optimiser step (exp(log_scale) <= 100); that clamp is
  * the caller's, the loss takes log_scale as given so its gradient is exact.
  * Sizes: N rows (images), K classes, E embedding dimension. */

@@ -4,10 +4,27 @@
  *
  * The samples of an epoch are every annotated segment of every image as a crop (things: the
  * bbox enlarged by a random factor in [1.2, 1.8] about a centre jittered by up to 10% of the
- * box side, clipped to the image; stuff: the bbox with the same centre jitter), labelled with
- * its category, plus each whole image labelled uniformly over the categories in it. Crops go
- * through the same transform as evaluate's crops (preprocess_crop: resize the longest side,
- * centred padding). The order and the jitter are functions of (seed, epoch, sample) alone.
+ * box side, clipped to the image; stuff: the bbox with the same centre jitter), each whole
+ * image, and --random-crops random boxes per image (each side a uniform fraction in [0.15, 1]
+ * of the image's, independently, at a uniform position; a function of (seed, epoch, image,
+ * k)). Crops go through the same transform as evaluate's crops (preprocess_crop: resize the
+ * longest side, centred padding). The order and the jitter are functions of (seed, epoch,
+ * sample) alone.
+ *
+ * Targets are "what a caption would name": real CLIP learns from captions, and captions name
+ * the salient objects in a picture, so CLIP's embedding of any region with an object in it
+ * reflects the object (CLIPSelf's gain on things comes from distilling exactly that into the
+ * dense features of image tiles). Every sample's target over the categories is proportional
+ * to (visible pixels of category k inside its box) x w_k, w_k = --thing-weight for thing
+ * categories and 1 for stuff, normalised to sum 1: a thing crop's target is mostly its thing,
+ * a stuff crop's mostly its stuff with the things on it mixed in, a whole image's or a random
+ * box's is dominated by the things in it. The pixels are read from the panoptic PNGs
+ * (--annotations-png, segment id -> category through the annotations), counted in the box
+ * exactly as it is cropped (corners rounded half to even, in original image pixels). A box
+ * with no labelled pixel gets an all-zero target: it adds nothing to the loss (whose mean is
+ * over the labelled samples of the global batch) and is not counted in the accuracy. Train
+ * top-1 (per kind: things, stuff, whole images, random boxes) is argmax logits == argmax
+ * target.
  *
  * Model: the ViT's image embedding against a learned matrix of class embeddings, both
  * L2-normalised, logits scaled by a learned exp(log_scale) (pipeline/contrastive.h); the loss
@@ -56,16 +73,24 @@ static void on_signal(int sig) {
 
 /* ---- samples --------------------------------------------------------------------------------- */
 
-enum { KIND_THING, KIND_STUFF, KIND_IMAGE, KINDS };
-static const char *const kind_names[KINDS] = {"things", "stuff", "images"};
+enum { KIND_THING, KIND_STUFF, KIND_IMAGE, KIND_RANDOM, KINDS };
+static const char *const kind_names[KINDS] = {"things", "stuff", "images", "random"};
 
 typedef struct {
     int image;   /* index into CocoPanoptic.images */
-    int segment; /* index into its segments, or -1: the whole image */
+    int segment; /* index into its segments, or -1: the whole image or a random box */
+    int k;       /* the image's random box k, or -1 */
 } Sample;
 
 /* The step's tallies, summed over ranks with the gradients, and over an epoch on every rank. */
-enum { TALLY_LOSS, TALLY_OK, TALLY_N = TALLY_OK + KINDS, TALLY_STOP = TALLY_N + KINDS, TALLIES };
+enum {
+    TALLY_LOSS,
+    TALLY_OK,
+    TALLY_N = TALLY_OK + KINDS,
+    TALLY_SKIP = TALLY_N + KINDS, /* samples without a labelled pixel in their box */
+    TALLY_STOP,
+    TALLIES
+};
 
 static uint64_t mix64(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -78,6 +103,13 @@ static double jitter(unsigned long long seed, int epoch, int sample, int j) {
     uint64_t k = mix64(mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) + (uint64_t)epoch) +
                        (uint64_t)sample);
     return (double)(mix64(k + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
+}
+
+/* Uniform in [0, 1): draw j of random box k of image in an epoch. */
+static double box_draw(unsigned long long seed, int epoch, int image, int k, int j) {
+    uint64_t z = mix64(mix64(mix64(mix64(seed ^ 0xB0C5B0C5B0C5ULL) + (uint64_t)epoch) +
+                             (uint64_t)image) + (uint64_t)k);
+    return (double)(mix64(z + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
 }
 
 /* splitmix64 keyed shuffle of 0..n-1 for an epoch: a function of (seed, epoch). */
@@ -93,11 +125,13 @@ static void epoch_order(int *order, int n, unsigned long long seed, int epoch) {
 }
 
 /* Every segment with a box of at least 8x8 px of area (evaluate's rule) and MIN_SIDE px a side,
- * then the whole image (if it has a segment). A box outside its image (by more than a pixel of
- * rounding) is an error: its crop would be empty or another region. */
-static int build_samples(Sample **out, int *n, const CocoPanoptic *pan, const char *path) {
+ * then the whole image and its random boxes (if it has a segment; random boxes only if their
+ * smallest side, 15% of the image's, is MIN_SIDE px). A box outside its image (by more than a
+ * pixel of rounding) is an error: its crop would be empty or another region. */
+static int build_samples(Sample **out, int *n, const CocoPanoptic *pan, const char *path,
+                         int random_crops) {
     *n = 0;
-    CS_ALLOC(*out, (size_t)pan->num_segments + (size_t)pan->num_images + 1);
+    CS_ALLOC(*out, (size_t)pan->num_segments + (size_t)pan->num_images * (1 + random_crops) + 1);
     for (int i = 0; i < pan->num_images; i++) {
         const CocoPanopticImage *pi = &pan->images[i];
         for (int s = 0; s < pi->num_segments; s++) {
@@ -108,16 +142,29 @@ static int build_samples(Sample **out, int *n, const CocoPanoptic *pan, const ch
                      path, pi->file_name, pi->segments[s].id, b[0], b[1], b[2], b[3], pi->width,
                      pi->height);
             if (b[2] * b[3] >= 64.0 && b[2] >= MIN_SIDE && b[3] >= MIN_SIDE)
-                (*out)[(*n)++] = (Sample){i, s};
+                (*out)[(*n)++] = (Sample){i, s, -1};
         }
-        if (pi->num_segments > 0) (*out)[(*n)++] = (Sample){i, -1};
+        if (pi->num_segments > 0) {
+            (*out)[(*n)++] = (Sample){i, -1, -1};
+            if (0.15 * pi->width >= MIN_SIDE && 0.15 * pi->height >= MIN_SIDE)
+                for (int k = 0; k < random_crops; k++) (*out)[(*n)++] = (Sample){i, -1, k};
+        }
     }
     return 0;
 }
 
 /* The crop box (x0, y0, x1, y1) of sample id in an epoch, in the pixels of an image W x H. */
-static void sample_box(double box[4], const CocoSegment *sg, int thing, int W, int H,
-                       unsigned long long seed, int epoch, int id) {
+static void sample_box(double box[4], const Sample *sm, const CocoSegment *sg, int thing, int W,
+                       int H, unsigned long long seed, int epoch, int id) {
+    if (sm->k >= 0) { /* random box: sides uniform in [0.15, 1] of the image's, uniform place */
+        double fw = 0.15 + 0.85 * box_draw(seed, epoch, sm->image, sm->k, 0);
+        double fh = 0.15 + 0.85 * box_draw(seed, epoch, sm->image, sm->k, 1);
+        double w = fw * W, h = fh * H;
+        box[0] = (W - w) * box_draw(seed, epoch, sm->image, sm->k, 2);
+        box[1] = (H - h) * box_draw(seed, epoch, sm->image, sm->k, 3);
+        box[2] = box[0] + w, box[3] = box[1] + h;
+        return;
+    }
     if (!sg) {
         box[0] = 0, box[1] = 0, box[2] = W, box[3] = H;
         return;
@@ -131,6 +178,7 @@ static void sample_box(double box[4], const CocoSegment *sg, int thing, int W, i
 }
 
 static int sample_kind(const CocoPanoptic *pan, const Sample *sm) {
+    if (sm->k >= 0) return KIND_RANDOM;
     if (sm->segment < 0) return KIND_IMAGE;
     const CocoSegment *sg = &pan->images[sm->image].segments[sm->segment];
     return pan->categories.cats[sg->category].isthing ? KIND_THING : KIND_STUFF;
@@ -146,19 +194,94 @@ static int cmp_slot(const void *a, const void *b) {
                                 : (x->k > y->k) - (x->k < y->k);
 }
 
+/* ---- targets --------------------------------------------------------------------------------- */
+
+/* Python's round() (half to even) of a box corner, clipped to [0, hi]: image_crop's rounding. */
+static int round_corner(double x, int hi) {
+    double f = floor(x), d = x - f;
+    if (d > 0.5 || (d == 0.5 && fmod(f, 2.0) != 0.0)) f += 1.0;
+    return f < 0.0 ? 0 : f > hi ? hi : (int)f;
+}
+
+/* The caption-like target (K) of a box over a category map cat (H, W) (a category index per
+ * pixel, -1 unlabelled): t_k proportional to the pixels of category k in the box's pixels
+ * [x0, x1) x [y0, y1) (corners rounded half to even, as the crop) times thing_weight for a
+ * thing category and 1 for stuff, summing to 1. counts (K) is scratch. Returns the labelled
+ * pixels in the box; with none, t is all zero. */
+static long box_target(float *t, double *counts, const int *cat, int W, int H,
+                       const double box[4], const CocoCategories *cats, double thing_weight) {
+    int K = cats->num, x0 = round_corner(box[0], W), y0 = round_corner(box[1], H);
+    int x1 = round_corner(box[2], W), y1 = round_corner(box[3], H);
+    long n = 0;
+    memset(counts, 0, (size_t)K * sizeof(double));
+    for (int y = y0; y < y1; y++)
+        for (int x = x0; x < x1; x++) {
+            int c = cat[(size_t)y * W + x];
+            if (c >= 0) counts[c] += 1.0, n++;
+        }
+    double sum = 0.0;
+    for (int k = 0; k < K; k++) sum += counts[k] *= cats->cats[k].isthing ? thing_weight : 1.0;
+    for (int k = 0; k < K; k++) t[k] = n > 0 ? (float)(counts[k] / sum) : 0.0f;
+    return n;
+}
+
+/* The category map (H, W) of an image from its panoptic PNG: each pixel's segment id looked up
+ * in the annotation's segments (an id it does not list, such as 0, is unlabelled: -1). */
+static int read_category_map(int **cat, size_t *cap, const char *png_root,
+                             const CocoPanopticImage *pi) {
+    char path[4096];
+    CS_TRY(coco_image_path(path, sizeof path, png_root, pi->png_name));
+    uint32_t *ids = NULL;
+    int w, h;
+    CS_TRY(image_read_panoptic_png(&ids, &w, &h, path));
+    if (w != pi->width || h != pi->height) {
+        free(ids);
+        CS_FAIL("%s is %dx%d, its annotation says %dx%d", path, w, h, pi->width, pi->height);
+    }
+    size_t n = (size_t)w * h;
+    if (n > *cap) {
+        int *grown = realloc(*cat, n * sizeof(int));
+        if (!grown) {
+            free(ids);
+            CS_FAIL("out of memory for the %dx%d category map of %s", w, h, path);
+        }
+        *cat = grown, *cap = n;
+    }
+    uint32_t last_id = 0;
+    int last = -1, found = 0; /* runs of a segment are long: remember the last lookup */
+    for (size_t i = 0; i < n; i++) {
+        if (!found || ids[i] != last_id) {
+            last_id = ids[i], last = -1, found = 1;
+            for (int s = 0; s < pi->num_segments; s++)
+                if (pi->segments[s].id == last_id) {
+                    last = pi->segments[s].category;
+                    break;
+                }
+        }
+        (*cat)[i] = last;
+    }
+    free(ids);
+    return 0;
+}
+
 /* ---- the step's batch ------------------------------------------------------------------------ */
 
 typedef struct {
     const CocoPanoptic *pan;
-    const char *root;
+    const char *root, *png_root;
     int S, K;
-    float *imgs;   /* (batch, 3, S, S) */
-    float *target; /* (batch, K) */
-    int *kind;     /* (batch) KIND_* */
-    int *label;    /* (batch) category index, -1 for a whole image */
-    Slot *slots;   /* (batch) the batch in image order: each image decoded once */
+    double thing_weight;
+    float *imgs;    /* (batch, 3, S, S) */
+    float *target;  /* (batch, K) all zero for a box without a labelled pixel */
+    int *kind;      /* (batch) KIND_* */
+    long *labelled; /* (batch) labelled pixels in the box */
+    double *counts; /* (K) scratch */
+    Slot *slots;    /* (batch) the batch in image order: each image decoded once */
     Image im;
     ImageWork ws;
+    int *cat;       /* (H, W) the current image's category map */
+    size_t cat_cap;
+    FILE *dump;     /* --dump-targets: one row per sample loaded, or NULL */
 } Loader;
 
 /* Fill the batch with samples ids[0..n) of epoch. */
@@ -178,27 +301,26 @@ static int load_batch(Loader *ld, const Sample *samples, const int *ids, int n,
             CS_TRY(image_read_jpeg(&ld->im, path));
             CS_CHECK(ld->im.w == pi->width && ld->im.h == pi->height, "%s is %dx%d, its "
                      "annotation says %dx%d", path, ld->im.w, ld->im.h, pi->width, pi->height);
+            CS_TRY(read_category_map(&ld->cat, &ld->cat_cap, ld->png_root, pi));
             current = sm->image;
         }
         const CocoSegment *sg = sm->segment >= 0 ? &pi->segments[sm->segment] : NULL;
         int kind = sample_kind(pan, sm);
         double box[4];
-        sample_box(box, sg, kind == KIND_THING, pi->width, pi->height, seed, epoch, ids[k]);
+        sample_box(box, sm, sg, kind == KIND_THING, pi->width, pi->height, seed, epoch, ids[k]);
         if (preprocess_crop(ld->imgs + (size_t)k * 3 * S * S, &ld->im, box, S, &ld->ws) != 0)
             return cs_error_context("image %s, %s box [%g, %g, %g, %g]", pi->file_name,
-                                    sg ? "segment" : "whole-image", box[0], box[1], box[2],
-                                    box[3]);
+                                    kind_names[kind], box[0], box[1], box[2], box[3]);
         float *t = ld->target + (size_t)k * K; /* (K) */
-        memset(t, 0, (size_t)K * sizeof(float));
         ld->kind[k] = kind;
-        ld->label[k] = sg ? sg->category : -1;
-        if (sg) {
-            t[sg->category] = 1.0f;
-        } else { /* uniform over the categories present */
-            int present = 0;
-            for (int s = 0; s < pi->num_segments; s++) t[pi->segments[s].category] = 1.0f;
-            for (int c = 0; c < K; c++) present += t[c] > 0.0f;
-            for (int c = 0; c < K; c++) t[c] /= (float)present;
+        ld->labelled[k] = box_target(t, ld->counts, ld->cat, pi->width, pi->height, box,
+                                     &pan->categories, ld->thing_weight);
+        if (ld->dump) {
+            fprintf(ld->dump, "%d,%d,%s,%s,%s,%.17g,%.17g,%.17g,%.17g,%ld", epoch, ids[k],
+                    kind_names[kind], pi->file_name, pi->png_name, box[0], box[1], box[2],
+                    box[3], ld->labelled[k]);
+            for (int c = 0; c < K; c++) fprintf(ld->dump, ",%.9g", (double)t[c]);
+            fputc('\n', ld->dump);
         }
     }
     return 0;
@@ -313,18 +435,26 @@ int main(int argc, char **argv) {
     Stage st;
     stage_begin(&st, "pretrain_teacher", &argc, &argv);
     const char *cfg = "datasets.cfg", *name = NULL, *ann = NULL, *out = NULL, *classes_out = NULL;
-    const char *run = NULL, *act = "gelu";
+    const char *run = NULL, *act = "gelu", *png_opt = NULL, *dump_path = NULL;
     VitConfig c = {.width = 128, .layers = 4, .heads = 4, .mlp = 512, .embed = 64, .patch = 8,
                    .ln_eps = 1e-5f};
     int size = 64, seed = 0, epochs = 20, batch = 32, warmup = 50, save_every = 500, keep = 2;
-    int resume = 0, max_steps = 0, verify = 0, ranks = 0, fixed_scale = 0;
-    float lr = 1e-3f, wd = 0.1f, logit_scale = 1.0f / 0.07f;
+    int resume = 0, max_steps = 0, verify = 0, ranks = 0, fixed_scale = 0, random_crops = 2;
+    float lr = 1e-3f, wd = 0.1f, logit_scale = 1.0f / 0.07f, thing_weight = 4.0f;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required): images are read "
                                        "from its images root"},
         {"datasets", CLI_STRING, &cfg, "dataset registry"},
         {"annotations", CLI_STRING, &ann, "COCO panoptic JSON of images in that root (required): "
                                           "segments give boxes and categories"},
+        {"annotations-png", CLI_STRING, &png_opt, "folder of its panoptic PNGs (default: the "
+                                                  "JSON's path without .json, COCO's layout): "
+                                                  "the visible pixels the targets count"},
+        {"thing-weight", CLI_FLOAT, &thing_weight, "weight of a thing category's pixels against "
+                                                   "stuff's (1) in the targets: captions name "
+                                                   "the salient objects"},
+        {"random-crops", CLI_INT, &random_crops, "random boxes per image per epoch (sides "
+                                                 "uniform in [0.15, 1] of the image's)"},
         {"out", CLI_STRING, &out, "teacher checkpoint to write (.h5, required)"},
         {"classes-out", CLI_STRING, &classes_out, "class embeddings to write, one per category of "
                                                   "the annotations, normalised (required)"},
@@ -356,14 +486,22 @@ int main(int argc, char **argv) {
                                       "were made by a finished run with these settings (exit 0), "
                                       "missing (1) or not (2)"},
         {"ranks", CLI_INT, &ranks, "with --verify: the ranks the run uses (0: this job's)"},
+        {"dump-targets", CLI_STRING, &dump_path, "debug: write the first step's samples on rank "
+                                                 "0 (epoch, sample, kind, image, png, box x0 y0 "
+                                                 "x1 y1, labelled pixels, target per category) "
+                                                 "to this CSV"},
     };
     if (stage_options(&st, argc, argv,
                       "CLIP-style teacher pretraining (data-parallel over MPI ranks): a ViT's "
-                      "image embedding of every annotated segment's crop (and of every whole "
-                      "image) is classified against learned class embeddings. Writes the teacher "
-                      "(--out), its class embeddings (--classes-out), and <run-dir>/step_N.h5 "
-                      "checkpoints, train_log.csv (per step) and epoch_log.csv (loss and train "
-                      "top-1 per epoch: things, stuff, whole images).",
+                      "image embedding of every annotated segment's crop, every whole image and "
+                      "random boxes is classified against learned class embeddings. Targets are "
+                      "what a caption would name (CLIP learns from captions, which name the "
+                      "salient objects): over categories, proportional to the visible pixels of "
+                      "each in the box (from the panoptic PNGs) times --thing-weight for things "
+                      "and 1 for stuff. Writes the teacher (--out), its class embeddings "
+                      "(--classes-out), and <run-dir>/step_N.h5 checkpoints, train_log.csv (per "
+                      "step) and epoch_log.csv (loss and train top-1 per epoch, top-1 meaning "
+                      "the target's argmax: things, stuff, whole images, random boxes).",
                       opts, (int)(sizeof opts / sizeof opts[0]))) {
         stage_end(&st);
         return 0;
@@ -375,11 +513,12 @@ int main(int argc, char **argv) {
     }
     c.act = !strcmp(act, "gelu") ? ACT_GELU : !strcmp(act, "quickgelu") ? ACT_QUICKGELU : -1;
     if (c.act < 0 || size < 1 || c.patch < 1 || size % c.patch || epochs < 1 || batch < 1 ||
-        warmup < 0 || save_every < 1 || keep < 1 ||
+        warmup < 0 || save_every < 1 || keep < 1 || random_crops < 0 ||
+        !(thing_weight > 0.0f && thing_weight < 1e6f) ||
         !(logit_scale >= 1.0f && logit_scale <= 100.0f)) {
         cs_error_set(__FILE__, __LINE__, "need --act gelu|quickgelu, --size a multiple of "
-                     "--patch, epochs, batch, save-every and keep >= 1, warmup >= 0 and a logit "
-                     "scale in [1, 100]");
+                     "--patch, epochs, batch, save-every and keep >= 1, warmup and random-crops "
+                     ">= 0, a thing weight > 0 and a logit scale in [1, 100]");
         stage_die(&st, "see --help");
     }
     c.grid = size / c.patch;
@@ -389,15 +528,41 @@ int main(int argc, char **argv) {
     stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
     CocoPanoptic pan;
     stage_check(&st, coco_read_panoptic(&pan, ann), "--annotations must be a COCO panoptic JSON");
-    uint64_t adig = 0;
-    if (st.rank == 0) stage_check(&st, file_digest(&adig, ann), NULL);
+    char png_root[4096];
+    if (png_opt) {
+        snprintf(png_root, sizeof png_root, "%s", png_opt);
+    } else {
+        size_t n = strlen(ann);
+        if (n <= 5 || n - 5 >= sizeof png_root || strcmp(ann + n - 5, ".json") != 0) {
+            cs_error_set(__FILE__, __LINE__, "%s does not end in .json: no default PNG folder",
+                         ann);
+            stage_die(&st, "give --annotations-png");
+        }
+        memcpy(png_root, ann, n - 5);
+        png_root[n - 5] = 0;
+    }
+    /* the annotations and every PNG the targets read: a resumed run must see the same pixels */
+    uint64_t adig = 0, pdig = FNV1A64_INIT;
+    if (st.rank == 0) {
+        stage_check(&st, file_digest(&adig, ann), NULL);
+        for (int i = 0; i < pan.num_images; i++) {
+            uint64_t d;
+            char pp[4096];
+            stage_check(&st, coco_image_path(pp, sizeof pp, png_root, pan.images[i].png_name),
+                        NULL);
+            stage_check(&st, file_digest(&d, pp), "--annotations-png must hold the annotations' "
+                                                  "panoptic PNGs");
+            pdig = fnv1a64(pdig, &d, sizeof d);
+        }
+    }
     MPI_Bcast(&adig, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    MPI_Bcast(&pdig, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
     Vit m;
     stage_check(&st, vit_init(&m, &c), "see --help for the model shape options");
     int K = pan.categories.num, E = c.embed;
     Sample *samples;
     int nsamples;
-    stage_check(&st, build_samples(&samples, &nsamples, &pan, ann), NULL);
+    stage_check(&st, build_samples(&samples, &nsamples, &pan, ann, random_crops), NULL);
     int G = batch * st.size;
     long per_epoch = nsamples / G, total = per_epoch * epochs;
     if (per_epoch < 1) {
@@ -411,10 +576,11 @@ int main(int argc, char **argv) {
     snprintf(signature, sizeof signature,
              "ranks=%d batch=%d epochs=%d seed=%d lr=%.9g wd=%.9g warmup=%d size=%d width=%d "
              "layers=%d heads=%d mlp=%d embed=%d patch=%d act=%s logit_scale=%.9g fixed=%d "
-             "dataset=%s annotations=%016llx\n",
+             "dataset=%s annotations=%016llx pngs=%016llx thing_weight=%.9g random_crops=%d\n",
              verify && ranks > 0 ? ranks : st.size, batch, epochs, seed, (double)lr, (double)wd,
              warmup, size, c.width, c.layers, c.heads, c.mlp, c.embed, c.patch, act,
-             (double)logit_scale, fixed_scale, name, (unsigned long long)adig);
+             (double)logit_scale, fixed_scale, name, (unsigned long long)adig,
+             (unsigned long long)pdig, (double)thing_weight, random_crops);
     snprintf(sigpath, sizeof sigpath, "%s/run.txt", run);
     if (verify) {
         int rc = 0;
@@ -499,16 +665,18 @@ int main(int argc, char **argv) {
     const float ls_max = logf(100.0f);
 
     int S = size;
-    Loader ld = {.pan = &pan, .root = ds.images, .S = S, .K = K};
+    Loader ld = {.pan = &pan, .root = ds.images, .png_root = png_root, .S = S, .K = K,
+                 .thing_weight = thing_weight};
     ld.imgs = malloc((size_t)batch * 3 * S * S * sizeof(float));
     ld.target = malloc((size_t)batch * K * sizeof(float));
     ld.kind = malloc((size_t)batch * sizeof(int));
-    ld.label = malloc((size_t)batch * sizeof(int));
+    ld.labelled = malloc((size_t)batch * sizeof(long));
+    ld.counts = malloc((size_t)K * sizeof(double));
     ld.slots = malloc((size_t)batch * sizeof(Slot));
     float *demb = malloc((size_t)batch * E * sizeof(float));
     int *order = malloc((size_t)nsamples * sizeof(int));
-    if (!head || !head_m || !head_v || !tail || !ld.imgs || !ld.target || !ld.kind || !ld.label ||
-        !ld.slots || !demb || !order) {
+    if (!head || !head_m || !head_v || !tail || !ld.imgs || !ld.target || !ld.kind || !ld.labelled ||
+        !ld.counts || !ld.slots || !demb || !order) {
         cs_error_set(__FILE__, __LINE__, "out of memory for a batch of %d at %dx%d", batch, S, S);
         stage_die(&st, "use a smaller --batch");
     }
@@ -531,16 +699,26 @@ int main(int argc, char **argv) {
         }
         if (!step) {
             fprintf(log, "step,epoch,loss,top1,lr,logit_scale,samples_per_s\n");
-            fprintf(elog, "epoch,loss,top1_things,top1_stuff,top1_images,logit_scale\n");
+            fprintf(elog, "epoch,loss,top1_things,top1_stuff,top1_images,logit_scale,"
+                          "top1_random,skipped\n");
         }
         int counts[KINDS] = {0};
         for (int i = 0; i < nsamples; i++) counts[sample_kind(&pan, &samples[i])]++;
         printf("pretrain_teacher: %d images, %d categories; %d samples per epoch (%d things, %d "
-               "stuff, %d whole images); %d ranks x %d, %ld steps per epoch, %d epochs, %ld "
-               "steps; ViT %d wide, %d blocks, %zu parameters, input %d\n",
+               "stuff, %d whole images, %d random boxes); targets: visible pixels x (%g for a "
+               "thing, 1 for stuff); %d ranks x %d, %ld steps per epoch, %d epochs, %ld steps; "
+               "ViT %d wide, %d blocks, %zu parameters, input %d\n",
                pan.num_images, K, nsamples, counts[KIND_THING], counts[KIND_STUFF],
-               counts[KIND_IMAGE], st.size, batch, per_epoch, epochs, total, c.width, c.layers,
-               m.num_params + nh, S);
+               counts[KIND_IMAGE], counts[KIND_RANDOM], (double)thing_weight, st.size, batch,
+               per_epoch, epochs, total, c.width, c.layers, m.num_params + nh, S);
+        if (dump_path) {
+            ld.dump = fopen(dump_path, "w");
+            if (!ld.dump) {
+                cs_error_set(__FILE__, __LINE__, "cannot write %s: %s", dump_path,
+                             strerror(errno));
+                stage_die(&st, NULL);
+            }
+        }
     }
     Progress prog;
     progress_init(&prog, "pretrain_teacher", "steps", total, st.rank == 0);
@@ -553,7 +731,16 @@ int main(int argc, char **argv) {
         last_epoch = epoch;
         const int *ids = order + (step % per_epoch) * G + (size_t)st.rank * batch;
         stage_check(&st, load_batch(&ld, samples, ids, batch, (unsigned long long)seed, epoch),
-                    "the images must be the annotations' own, in the dataset's images root");
+                    "the images must be the annotations' own, in the dataset's images root, and "
+                    "the PNGs theirs, in --annotations-png");
+        if (ld.dump) {
+            int bad = fclose(ld.dump) != 0;
+            ld.dump = NULL;
+            if (bad) {
+                cs_error_set(__FILE__, __LINE__, "cannot write %s", dump_path);
+                stage_die(&st, NULL);
+            }
+        }
         vit_forward(&m, ld.imgs);
         float loss;
         stage_check(&st, contrastive_forward(&cl, &loss, m.acts.out, head, head[ke], ld.target,
@@ -565,20 +752,35 @@ int main(int argc, char **argv) {
         vit_zero_grad(&m);
         stage_check(&st, vit_backward(&m, demb, NULL), NULL);
         float *tl = tail + nh;
-        tl[TALLY_LOSS] = loss * (float)batch;
+        tl[TALLY_LOSS] = loss * (float)batch; /* unlabelled rows add 0 */
         for (int k = 0; k < batch; k++) {
-            const float *z = cl.logits + (size_t)k * K; /* (K) */
+            if (ld.labelled[k] == 0) {
+                tl[TALLY_SKIP] += 1.0f;
+                continue;
+            }
+            const float *z = cl.logits + (size_t)k * K, *t = ld.target + (size_t)k * K; /* (K) */
             int best = 0;
-            for (int j = 1; j < K; j++) best = z[j] > z[best] ? j : best;
-            int hit = ld.label[k] >= 0 ? best == ld.label[k]
-                                       : ld.target[(size_t)k * K + best] > 0.0f;
-            tl[TALLY_OK + ld.kind[k]] += (float)hit;
+            float tmax = t[0];
+            for (int j = 1; j < K; j++) {
+                best = z[j] > z[best] ? j : best;
+                tmax = t[j] > tmax ? t[j] : tmax;
+            }
+            tl[TALLY_OK + ld.kind[k]] += (float)(t[best] == tmax); /* a tie: either is right */
             tl[TALLY_N + ld.kind[k]] += 1.0f;
         }
         tl[TALLY_STOP] = stop_requested || (max_steps > 0 && step + 1 >= max_steps);
         MPI_Allreduce(MPI_IN_PLACE, m.grads_mem, (int)m.num_params, MPI_FLOAT, MPI_SUM,
                       MPI_COMM_WORLD);
         MPI_Allreduce(MPI_IN_PLACE, tail, (int)(nh + TALLIES), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        /* the loss is the mean over the global batch's labelled samples: rescale the gradient
+         * of the mean over all G (the same on every rank, after the sums) */
+        double valid = 0;
+        for (int t = 0; t < KINDS; t++) valid += tl[TALLY_N + t];
+        if (valid > 0 && valid < G) {
+            float r = (float)(G / valid);
+            for (size_t i = 0; i < m.num_params; i++) m.grads_mem[i] *= r;
+            for (size_t i = 0; i < nh; i++) tail[i] *= r;
+        }
         double lr_now = lr_at_step(lr, warmup, total, step);
         adamw_step(&opt, &m, (float)lr_now);
         /* no weight decay on the head: the loss normalises the class embeddings, so decay
@@ -592,24 +794,29 @@ int main(int argc, char **argv) {
         double ok = 0, n = 0, rate = steps_here * G / (now_seconds() - t0);
         for (int t = 0; t < KINDS; t++) ok += tl[TALLY_OK + t], n += tl[TALLY_N + t];
         if (log) {
-            fprintf(log, "%ld,%d,%.7f,%.4f,%.6e,%.4f,%.1f\n", step, epoch, tl[TALLY_LOSS] / G,
-                    ok / n, lr_now, exp(head[ke]), rate);
+            fprintf(log, "%ld,%d,%.7f,%.4f,%.6e,%.4f,%.1f\n", step, epoch,
+                    n > 0 ? tl[TALLY_LOSS] / n : 0.0, n > 0 ? ok / n : NAN, lr_now,
+                    exp(head[ke]), rate);
             fflush(log);
         }
         progress_update(&prog, step);
         int stop = tl[TALLY_STOP] > 0.0f, epoch_end = step % per_epoch == 0;
         if (epoch_end) {
-            double acc[KINDS];
-            for (int t = 0; t < KINDS; t++)
+            double acc[KINDS], counted = 0;
+            for (int t = 0; t < KINDS; t++) {
                 acc[t] = tally[TALLY_N + t] > 0 ? tally[TALLY_OK + t] / tally[TALLY_N + t] : NAN;
-            double eloss = tally[TALLY_LOSS] / ((double)per_epoch * G);
+                counted += tally[TALLY_N + t];
+            }
+            double eloss = counted > 0 ? tally[TALLY_LOSS] / counted : 0.0;
             if (st.rank == 0) {
                 printf("pretrain_teacher: epoch %d/%d: loss %.4f, train top-1 %s %.1f%%, %s "
-                       "%.1f%%, %s %.1f%%, logit scale %.2f, %.1f samples/s\n",
+                       "%.1f%%, %s %.1f%%, %s %.1f%% (%.0f without a labelled pixel), logit "
+                       "scale %.2f, %.1f samples/s\n",
                        epoch + 1, epochs, eloss, kind_names[0], 100 * acc[0], kind_names[1],
-                       100 * acc[1], kind_names[2], 100 * acc[2], exp(head[ke]), rate);
-                fprintf(elog, "%d,%.6f,%.4f,%.4f,%.4f,%.4f\n", epoch + 1, eloss, acc[0], acc[1],
-                        acc[2], exp(head[ke]));
+                       100 * acc[1], kind_names[2], 100 * acc[2], kind_names[3], 100 * acc[3],
+                       (double)tally[TALLY_SKIP], exp(head[ke]), rate);
+                fprintf(elog, "%d,%.6f,%.4f,%.4f,%.4f,%.4f,%.4f,%.0f\n", epoch + 1, eloss,
+                        acc[0], acc[1], acc[2], exp(head[ke]), acc[3], (double)tally[TALLY_SKIP]);
                 fflush(elog);
             }
             memset(tally, 0, sizeof tally);
@@ -648,7 +855,8 @@ int main(int argc, char **argv) {
     if (log) fclose(log);
     if (elog) fclose(elog);
     free(head), free(head_m), free(head_v), free(tail), free(demb), free(order), free(samples);
-    free(ld.imgs), free(ld.target), free(ld.kind), free(ld.label), free(ld.slots);
+    free(ld.imgs), free(ld.target), free(ld.kind), free(ld.labelled), free(ld.counts);
+    free(ld.slots), free(ld.cat);
     image_free(&ld.im);
     image_work_free(&ld.ws);
     contrastive_free(&cl);

@@ -2,7 +2,9 @@
 # test_pretrain.sh: the teacher pretraining stage end to end on a generated dataset: the loss
 # against PyTorch (tests/reference/contrastive_ref.py + test_contrastive), one step on 2 ranks x
 # 4 samples equal to 1 rank x 8, the loss falling and the train accuracy rising, resume after
-# kill -9 bit-identical to an uninterrupted run, --verify exit codes, the outputs read by
+# kill -9 bit-identical to an uninterrupted run, --verify exit codes, the targets (visible
+# pixels of each category in the box, from the panoptic PNGs, things weighted up: what a
+# caption would name) against a numpy computation, the outputs read by
 # evaluate (crops well above chance, rois not: the gap CLIPSelf closes), and bad inputs.
 # Until make_dataset writes a panoptic file for the train split everywhere, the teacher is
 # trained on the val images' panoptic_val.json (the same image root).
@@ -45,6 +47,43 @@ D=(--datasets "$T/datasets.cfg" --dataset t --annotations "$ANN")
 M=(--width 64 --layers 2 --heads 2 --mlp 256 --embed 32 --warmup 10)
 outs() { echo --out "$T/$1.h5" --classes-out "$T/$1-classes.h5" --run-dir "$T/$1"; }
 
+# ---- targets: visible pixels in the box x (thing weight for things, 1 for stuff), from the PNGs ----
+run "$BIN/pretrain_teacher" "${D[@]}" "${M[@]}" --batch 48 --max-steps 1 --thing-weight 3 \
+  --random-crops 3 --dump-targets "$T/targets.csv" $(outs tg)
+check "targets: every kind's target is its box's visible pixels x weight, from the PNG" "$PY" -c "
+import csv, json, sys
+import numpy as np
+from PIL import Image
+d = json.load(open('$ANN')); cats = sorted(d['categories'], key=lambda c: c['id'])
+index = {c['id']: i for i, c in enumerate(cats)}; K = len(cats)
+w = np.array([3.0 if c['isthing'] else 1.0 for c in cats])
+ann = {a['file_name']: a for a in d['annotations']}
+size = {i['file_name']: (i['width'], i['height']) for i in d['images']}
+rows = list(csv.reader(open('$T/targets.csv'))); kinds = {}; bad = 0
+for r in rows:
+    kind, jpg, png = r[2], r[3], r[4]; box = [float(v) for v in r[5:9]]; n = int(r[9])
+    t = np.array([float(v) for v in r[10:]])
+    px = np.asarray(Image.open('$T/data/panoptic_val/' + png).convert('RGB')).astype(np.int64)
+    ids = px[..., 0] + 256 * px[..., 1] + 65536 * px[..., 2]
+    cat = np.full(ids.shape, -1)
+    for s in ann[png]['segments_info']: cat[ids == s['id']] = index[s['category_id']]
+    H, W = cat.shape
+    x0, y0, x1, y1 = [min(max(round(v), 0), hi) for v, hi in zip(box, (W, H, W, H))]
+    sub = cat[y0:y1, x0:x1]; cnt = np.bincount(sub[sub >= 0], minlength=K).astype(float)
+    want = cnt * w / (cnt * w).sum() if cnt.sum() > 0 else cnt
+    ok = int(cnt.sum()) == n and len(t) == K and np.abs(t - want).max() < 1e-6
+    if kind == 'random':  # sides in [0.15, 1] of the image's, inside it
+        Wi, Hi = size[jpg]; fw = (box[2] - box[0]) / Wi; fh = (box[3] - box[1]) / Hi
+        ok = ok and 0.15 <= fw <= 1 and 0.15 <= fh <= 1 and box[0] >= 0 and box[1] >= 0 \
+            and box[2] <= Wi + 1e-9 and box[3] <= Hi + 1e-9
+    if kind == 'images': ok = ok and box == [0, 0] + list(size[jpg])
+    kinds[kind] = kinds.get(kind, 0) + 1; bad += not ok
+    if not ok: print('mismatch', r[:10], t, want)
+print(len(rows), 'rows', kinds)
+sys.exit(0 if len(rows) == 48 and bad == 0 and all(kinds.get(k, 0) >= 2 for k in ('things', 'stuff', 'images', 'random')) else 1)"
+out=$("$BIN/pretrain_teacher" "${D[@]}" "${M[@]}" --annotations-png "$T/nopng" --max-steps 1 $(outs tg2) 2>&1)
+check "a missing PNG folder is refused, naming the PNG" grep -q "nopng/.*png" <<<"$out"
+
 # ---- one step: 2 ranks x 4 samples is 1 rank x 8 ----
 run "$BIN/pretrain_teacher" "${D[@]}" "${M[@]}" --batch 8 --max-steps 1 $(outs s1)
 run "${MPI2[@]}" "$BIN/pretrain_teacher" "${D[@]}" "${M[@]}" --batch 4 --max-steps 1 $(outs s2)
@@ -70,6 +109,7 @@ R=("${D[@]}" "${M[@]}" --batch 4 --epochs 20 --save-every 5)
 run "${MPI2[@]}" "$BIN/pretrain_teacher" "${R[@]}" $(outs full)
 check "the run wrote the teacher, the classes and the record" test -s "$T/full.h5" -a -s "$T/full-classes.h5" -a -s "$T/full/outputs.txt"
 check "only the newest 2 step checkpoints are kept" test "$(ls "$T/full"/step_*.h5 | wc -l)" -eq 2
+LAST=$(basename "$(ls "$T/full"/step_*.h5 | tail -n 1)") # the run's last step's checkpoint
 check "the loss fell and the train accuracy rose" "$PY" -c "
 import sys
 rows = [r.split(',') for r in open('$T/full/epoch_log.csv').read().splitlines()[1:]]
@@ -89,14 +129,14 @@ check "resuming with other settings is refused" grep -q "other settings" <<<"$ou
 run "${MPI2[@]}" "$BIN/pretrain_teacher" "${R[@]}" $(outs killed) --resume
 check "resumed: the teacher is bit-identical to the uninterrupted run's" cmp -s "$T/full.h5" "$T/killed.h5"
 check "resumed: the class embeddings are bit-identical" cmp -s "$T/full-classes.h5" "$T/killed-classes.h5"
-check "resumed: the last checkpoints are equal" same_h5 "$T/full/step_00000140.h5" "$T/killed/step_00000140.h5"
+check "resumed: the last checkpoints are equal" same_h5 "$T/full/$LAST" "$T/killed/$LAST"
 check "resumed: the epoch log is the uninterrupted run's" cmp -s "$T/full/epoch_log.csv" "$T/killed/epoch_log.csv"
 check "resumed: the step log has one row per step" test "$(cut -d, -f1-4 "$T/killed/train_log.csv" | md5sum)" = "$(cut -d, -f1-4 "$T/full/train_log.csv" | md5sum)"
-mkdir -p "$T/noextra" && cp "$T/full/run.txt" "$T/full/step_00000140.h5" "$T/noextra/"
-"$PY" -c "import h5py; del h5py.File('$T/noextra/step_00000140.h5', 'r+')['contrastive']"
+mkdir -p "$T/noextra" && cp "$T/full/run.txt" "$T/full/$LAST" "$T/noextra/"
+"$PY" -c "import h5py; del h5py.File('$T/noextra/$LAST', 'r+')['contrastive']"
 out=$("${MPI2[@]}" "$BIN/pretrain_teacher" "${R[@]}" $(outs noextra) --resume 2>&1)
 check "a checkpoint without the class embeddings is refused, naming the dataset" \
-  grep -q "step_00000140.h5: missing dataset contrastive/class_embeddings" <<<"$out"
+  grep -q "$LAST: missing dataset contrastive/class_embeddings" <<<"$out"
 
 # ---- SIGTERM (Slurm's warning): a checkpoint at the step reached, then a clean exit ----
 "$BIN/pretrain_teacher" "${D[@]}" "${M[@]}" --batch 4 --epochs 20 --save-every 1000 $(outs sig) >"$T/sig.log" 2>&1 &
@@ -141,7 +181,7 @@ check "and nothing is written" test ! -e "$T/bad2.h5" -a ! -e "$T/bad2"
 import json
 d = json.load(open('$ANN')); d['annotations'][2]['segments_info'][0]['bbox'] = [900, 900, 20, 20]
 json.dump(d, open('$T/outside.json', 'w'))"
-out=$("$BIN/pretrain_teacher" --datasets "$T/datasets.cfg" --dataset t --annotations "$T/outside.json" "${M[@]}" --epochs 1 $(outs bad4) 2>&1)
+out=$("$BIN/pretrain_teacher" --datasets "$T/datasets.cfg" --dataset t --annotations "$T/outside.json" --annotations-png "$T/data/panoptic_val" "${M[@]}" --epochs 1 $(outs bad4) 2>&1)
 check "a box outside its image is refused, naming the file and image" grep -q "outside.json: image 0*10000003.jpg, segment [0-9]*: bbox \[900" <<<"$out"
 out=$("$BIN/pretrain_teacher" "${D[@]}" "${M[@]}" --size 60 $(outs bad3) 2>&1)
 check "a size that is not a multiple of the patch is refused" grep -q "multiple of" <<<"$out"
