@@ -359,11 +359,13 @@ static void sample_scene(Rng *g, Scene *s, int W, int H) {
     memset(s, 0, sizeof *s);
     s->W = W, s->H = H;
     sample_stuff(g, s);
-    float dmax = 0.55f * (float)(W < H ? W : H);
+    /* diameters log-uniform in [0.15, 0.55] of the short side: objects of a few tokens up to
+     * half the image at the demo's det size (tinier ones are clutter, not annotated things) */
+    float side = (float)(W < H ? W : H), dmax = 0.55f * side, dmin = fmaxf(14.0f, 0.15f * side);
     s->nthings = rng_int(g, 1, SYNTH_MAX_THINGS);
     float key[SYNTH_MAX_THINGS];
     for (int i = 0; i < s->nthings; i++) {
-        sample_thing(g, &s->things[i], rng_int(g, 0, NUM_THINGS - 1), W, H, 14.0f, dmax, 0.4f);
+        sample_thing(g, &s->things[i], rng_int(g, 0, NUM_THINGS - 1), W, H, dmin, dmax, 0.4f);
         key[i] = s->things[i].r * rng_uniform(g, 0.6f, 1.4f);
     }
     /* Mostly large things behind small ones, as in photographs; insertion sort keeps it exact. */
