@@ -12,7 +12,6 @@
  * steps and on SIGTERM/SIGUSR1; --resume continues from the newest one, bit-identically, and
  * refuses a run folder whose settings (run.txt) differ. */
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <mpi.h>
@@ -55,50 +54,6 @@ static void epoch_order(int *order, const int *usable, int n, unsigned long long
         int j = (int)(z % (unsigned long long)(i + 1)), t = order[i];
         order[i] = order[j];
         order[j] = t;
-    }
-}
-
-/* The newest step_*.h5 in dir, or -1. */
-static long newest_checkpoint(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    long best = -1;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        long s;
-        char tail[8];
-        if (sscanf(e->d_name, "step_%ld.%7s", &s, tail) == 2 && !strcmp(tail, "h5") && s > best)
-            best = s;
-    }
-    closedir(d);
-    return best;
-}
-
-static int cmp_desc(const void *a, const void *b) {
-    long x = *(const long *)a, y = *(const long *)b;
-    return (x < y) - (x > y);
-}
-
-/* Remove all but the newest keep step checkpoints (each holds the parameters and both AdamW
- * moments: 1 GB for B/16). Called after a new one is safely written. */
-static void prune_checkpoints(const char *dir, int keep) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    long steps[4096];
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 4096) {
-        long s;
-        char tail[8];
-        if (sscanf(e->d_name, "step_%ld.%7s", &s, tail) == 2 && !strcmp(tail, "h5")) steps[n++] = s;
-    }
-    closedir(d);
-    qsort(steps, (size_t)n, sizeof steps[0], cmp_desc);
-    for (int i = keep; i < n; i++) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/step_%08ld.h5", dir, steps[i]);
-        if (unlink(path) != 0)
-            fprintf(stderr, "train_student: warning: cannot remove %s: %s\n", path, strerror(errno));
     }
 }
 
@@ -272,7 +227,7 @@ int main(int argc, char **argv) {
     }
     long step = 0, newest = -1;
     if (resume && st.rank == 0) {
-        newest = newest_checkpoint(run); /* one rank decides: file systems may disagree */
+        newest = checkpoint_newest(run); /* one rank decides: file systems may disagree */
         char old[1024] = "";
         FILE *sf = fopen(sigpath, "r");
         if (sf) {
@@ -286,7 +241,7 @@ int main(int argc, char **argv) {
                            "teacher, or start in a new --run-dir");
         }
     }
-    if (!resume && st.rank == 0 && newest_checkpoint(run) >= 0) {
+    if (!resume && st.rank == 0 && checkpoint_newest(run) >= 0) {
         cs_error_set(__FILE__, __LINE__, "%s already holds checkpoints of a run", run);
         stage_die(&st, "continue it with --resume, or choose a new --run-dir");
     }
@@ -301,7 +256,7 @@ int main(int argc, char **argv) {
     if (newest >= 0) {
         Vit back;
         VitOptState os;
-        snprintf(path, sizeof path, "%s/step_%08ld.h5", run, newest);
+        stage_check(&st, checkpoint_step_path(path, sizeof path, run, newest), NULL);
         stage_check(&st, vit_load_h5(&back, path, &os), NULL);
         if (back.num_params != student.num_params) {
             cs_error_set(__FILE__, __LINE__, "%s is not a checkpoint of this model", path);
@@ -412,9 +367,9 @@ int main(int argc, char **argv) {
         int epoch_end = step % per_epoch == 0;
         if (st.rank == 0 && (step % save_every == 0 || step == total || stop)) {
             VitOptState os = {step, opt.m, opt.v};
-            snprintf(path, sizeof path, "%s/step_%08ld.h5", run, step);
+            stage_check(&st, checkpoint_step_path(path, sizeof path, run, step), NULL);
             stage_check(&st, vit_save_h5(&student, path, &os), NULL);
-            prune_checkpoints(run, keep);
+            checkpoint_prune(run, keep);
         }
         if (st.rank == 0 && epoch_end)
             stage_check(&st, save_epoch(&student, &teacher, alpha, run, epoch, step == total),
