@@ -13,13 +13,9 @@ BIN=${BUILD:-build}/bin
 PY=${PYTHON:-/usr/bin/python3}
 T=$(mktemp -d /tmp/clipself-pictures.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1}
-MPI2=(mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS -x UBSAN_OPTIONS)
 # shellcheck source=tests/testlib.sh
 source "$(dirname "$0")/testlib.sh"
 REF=$(cd "$(dirname "$0")/reference" && pwd)
-run() { timeout 300 "$@" >>"$T/log" 2>&1; } # every stage's output goes to the log
 
 dataset_entry t >"$T/datasets.cfg"
 D=(--datasets "$T/datasets.cfg" --dataset t)

@@ -15,20 +15,8 @@ BIN=$BUILD/bin
 PY=${PYTHON:-/usr/bin/python3}
 T=$(mktemp -d /tmp/clipself-pretrain.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1}
-MPI2=(mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS -x UBSAN_OPTIONS)
 # shellcheck source=tests/testlib.sh
 source "$(dirname "$0")/testlib.sh"
-run() { timeout 600 "$@" >>"$T/log" 2>&1; } # every stage's output goes to the log
-same_h5() { h5diff -q "$1" "$2" >/dev/null 2>&1; }
-# SIGKILL a process group and wait until none of it is left
-kill_group() {
-  kill -9 -- "-$1" 2>/dev/null
-  wait "$1" 2>/dev/null
-  for _ in $(seq 1 100); do kill -0 -- "-$1" 2>/dev/null || return 0; sleep 0.1; done
-  bad "process group $1 survived kill -9"
-}
 
 # ---- the loss against PyTorch and finite differences ----
 if "$PY" tests/reference/contrastive_ref.py --out "$T/fixtures" >>"$T/log" 2>&1; then

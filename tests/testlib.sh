@@ -18,3 +18,18 @@ panoptic_png = data/panoptic_val
 classes = data/classes.h5
 CFG
 }
+
+# The stage tests' environment: MPI as root, one thread a rank, sanitizer options passed on.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1}
+MPI2=(mpirun -np 2 --oversubscribe -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS -x UBSAN_OPTIONS)
+# run CMD...: a stage with its output appended to $T/log (the caller's temporary folder)
+run() { timeout 600 "$@" >>"$T/log" 2>&1; }
+same_h5() { h5diff -q "$1" "$2" >/dev/null 2>&1; }
+# kill_group PID: SIGKILL a process group (started with setsid) and wait until none is left
+kill_group() {
+  kill -9 -- "-$1" 2>/dev/null
+  wait "$1" 2>/dev/null
+  for _ in $(seq 1 100); do kill -0 -- "-$1" 2>/dev/null || return 0; sleep 0.1; done
+  bad "process group $1 survived kill -9"
+}
