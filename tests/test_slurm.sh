@@ -140,7 +140,8 @@ labels = [r["label"] for r in ra]
 assert labels == ["teacher", "epoch_1", "student", "other"] * 2, labels
 assert [r["benchmark"] for r in ra] == ["s"] * 4 + ["s_again"] * 4
 EOF
-check "the comparison table has a section per benchmark" test "$(grep -c '^### ' "$T/slurm/comparison.md")" -eq 2
+check "the comparison table has a section per benchmark" test "$(grep -cE '^### (s|s_again)$' "$T/slurm/comparison.md")" -eq 2
+check "and a teacher -> student table per benchmark" test "$(grep -c '^### Before/after on .*: teacher -> student' "$T/slurm/comparison.md")" -eq 2
 
 # submitting again: everything is complete
 slurm/submit "$T/slurm.job" >"$T/submit2.log" 2>&1
