@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* jpeglib.h needs FILE and size_t declared first */
 #include <jerror.h>
@@ -15,6 +16,7 @@
 #include <png.h>
 
 #include "check.h"
+#include "h5util.h"
 
 /* ---- buffers ------------------------------------------------------------------------------ */
 /* Returns p grown to hold n elements of elem bytes (moved if needed), or NULL with the error
@@ -564,4 +566,51 @@ int preprocess_crop(float *out, const Image *im, const double box[4], int S, Ima
 done:
     if (!ws) image_work_free(&local);
     return rc;
+}
+
+/* ---- PNG writing ---------------------------------------------------------------------------- */
+typedef struct {
+    char msg[256];
+} PngWrite;
+
+static void png_write_error(png_structp png, png_const_charp msg) {
+    PngWrite *e = png_get_error_ptr(png);
+    snprintf(e->msg, sizeof e->msg, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+/* Write rgb (h, w, 3) to the open file f; 0, or -1 with the message set. */
+static int png_encode(FILE *f, const char *tmp, const unsigned char *rgb, int w, int h) {
+    PngWrite err = {.msg = "out of memory"};
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_write_error,
+                                              png_on_warning);
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    if (!png || !info || setjmp(png_jmpbuf(png))) {
+        png_destroy_write_struct(&png, &info);
+        CS_FAIL("cannot write PNG %s: %s", tmp, err.msg);
+    }
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    for (int y = 0; y < h; y++) png_write_row(png, (png_bytep)(rgb + (size_t)y * w * 3));
+    png_write_end(png, NULL);
+    png_destroy_write_struct(&png, &info);
+    return 0;
+}
+
+int image_write_png_rgb(const char *path, const unsigned char *rgb, int w, int h) {
+    CS_CHECK(w > 0 && h > 0, "%s would be an empty PNG (%d x %d)", path, w, h);
+    char tmp[4200];
+    CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
+    FILE *f = fopen(tmp, "wb");
+    CS_CHECK(f, "cannot create %s: %s", tmp, strerror(errno));
+    int ok = png_encode(f, tmp, rgb, w, h) == 0, err = 0;
+    if (fclose(f) != 0 && ok) ok = 0, err = errno;
+    if (!ok) {
+        unlink(tmp);
+        if (err) CS_FAIL("cannot write %s: %s", tmp, strerror(err));
+        return -1;
+    }
+    return h5u_commit(tmp, path);
 }

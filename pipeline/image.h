@@ -76,6 +76,10 @@ int image_read_jpeg(Image *im, const char *path);
  * high byte (as PIL reads them). No gamma or colour conversion is applied. */
 int image_read_panoptic_png(uint32_t **ids, int *w, int *h, const char *path);
 
+/* Write rgb (h, w, 3) as an 8-bit RGB PNG with no ancillary chunks (the bytes depend on the
+ * pixels alone), under a temporary name, then renamed to path. */
+int image_write_png_rgb(const char *path, const unsigned char *rgb, int w, int h);
+
 /* Free the pixels (and zero the struct); safe on a zeroed Image. */
 void image_free(Image *im);
 void image_work_free(ImageWork *ws);

@@ -3,9 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
-#include <png.h>
 #include <pthread.h>
-#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,36 +115,6 @@ void picture_class_map(int *cls, const float *dense, int n, const ClassEmbedding
 
 /* ---- files -------------------------------------------------------------------------------- */
 
-typedef struct {
-    char msg[256];
-} PngError;
-
-static void png_fail(png_structp png, png_const_charp msg) {
-    PngError *e = png_get_error_ptr(png);
-    snprintf(e->msg, sizeof e->msg, "%s", msg);
-    png_longjmp(png, 1);
-}
-static void png_warn(png_structp png, png_const_charp msg) { (void)png, (void)msg; }
-
-/* Write rgb (h, w, 3) to the open file f; 0 or -1 with the message set. */
-static int png_fill(FILE *f, const char *tmp, const unsigned char *rgb, int w, int h) {
-    PngError err = {.msg = "out of memory"};
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_warn);
-    png_infop info = png ? png_create_info_struct(png) : NULL;
-    if (!png || !info || setjmp(png_jmpbuf(png))) {
-        png_destroy_write_struct(&png, &info);
-        CS_FAIL("cannot write PNG %s: %s", tmp, err.msg);
-    }
-    png_init_io(png, f);
-    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
-                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    for (int y = 0; y < h; y++) png_write_row(png, rgb + (size_t)y * w * 3);
-    png_write_end(png, NULL);
-    png_destroy_write_struct(&png, &info);
-    return 0;
-}
-
 /* Close f (opened on tmp) and, if ok, publish tmp as path; on any failure tmp is removed. */
 static int finish_tmp(FILE *f, const char *tmp, const char *path, int ok) {
     int closed = fclose(f) == 0;
@@ -160,16 +128,6 @@ static int finish_tmp(FILE *f, const char *tmp, const char *path, int ok) {
         CS_FAIL("cannot write %s: %s", tmp, strerror(e));
     }
     return h5u_commit(tmp, path);
-}
-
-int picture_write_png(const char *path, const unsigned char *rgb, int w, int h) {
-    CS_CHECK(w > 0 && h > 0, "picture: %s would be empty (%d x %d)", path, w, h);
-    char tmp[4200];
-    CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
-    FILE *f = fopen(tmp, "wb");
-    CS_CHECK(f, "cannot create %s: %s", tmp, strerror(errno));
-    int ok = png_fill(f, tmp, rgb, w, h) == 0;
-    return finish_tmp(f, tmp, path, ok);
 }
 
 int picture_write_legend(const char *path, const CocoCategories *cats) {
@@ -356,5 +314,5 @@ int pictures_draw(Pictures *p, const Image *im, const uint32_t *ids, const CocoP
                    rw, rh);
     char path[4200];
     snprintf(path, sizeof path, "%s/%lld.png", p->dir, (long long)pi->id);
-    return picture_write_png(path, canvas, cw, ph);
+    return image_write_png_rgb(path, canvas, cw, ph);
 }

@@ -53,9 +53,6 @@ int picture_panel_size(int W, int H, int S, int *pw, int *ph);
 /* cls (n) = argmax_k <dense[i], emb[k]> of dense (n, E), E = ce->embed (ties: lowest k). */
 void picture_class_map(int *cls, const float *dense, int n, const ClassEmbeddings *ce);
 
-/* Write rgb (h, w, 3) as an 8-bit RGB PNG, atomically. */
-int picture_write_png(const char *path, const unsigned char *rgb, int w, int h);
-
 /* Write the legend: one line "r g b name" per class in class-index order, then
  * "0 0 0 unlabelled"; atomically. */
 int picture_write_legend(const char *path, const CocoCategories *cats);

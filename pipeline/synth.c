@@ -11,7 +11,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <png.h>
 #include <setjmp.h>
 #include <stdio.h> /* before jpeglib.h, which uses FILE */
 #include <stdlib.h>
@@ -23,6 +22,7 @@
 #include <jpeglib.h>
 
 #include "check.h"
+#include "image.h"
 
 #define NUM_THINGS 10
 #define NUM_STUFF 7
@@ -866,56 +866,19 @@ static int write_jpeg(const char *path, const unsigned char *rgb, int W, int H) 
     return commit_tmp(f, tmp, path, 0);
 }
 
-typedef struct {
-    jmp_buf jump;
-    char msg[256];
-} PngError;
-
-static void png_fail(png_structp png, png_const_charp msg) {
-    PngError *e = png_get_error_ptr(png);
-    snprintf(e->msg, sizeof e->msg, "%s", msg);
-    png_longjmp(png, 1);
-}
-static void png_warn(png_structp png, png_const_charp msg) { (void)png, (void)msg; }
-
 /* RGB PNG of segment ids (R + 256 G + 65536 B), with no colour-space or time chunks: the
  * bytes depend on the ids alone. */
 static int write_png_ids(const char *path, const int32_t *ids, int W, int H) {
-    char tmp[4096];
-    CS_TRY(tmp_name(tmp, sizeof tmp, path));
-    unsigned char *row = cs_calloc_((size_t)W * 3, 1, __FILE__, __LINE__);
-    if (!row) return -1;
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        free(row);
-        CS_FAIL("cannot create %s: %s", tmp, strerror(errno));
+    unsigned char *rgb = cs_calloc_((size_t)W * H * 3, 1, __FILE__, __LINE__); /* (H, W, 3) */
+    if (!rgb) return -1;
+    for (size_t i = 0; i < (size_t)W * H; i++) {
+        rgb[3 * i] = (unsigned char)(ids[i] & 255);
+        rgb[3 * i + 1] = (unsigned char)((ids[i] >> 8) & 255);
+        rgb[3 * i + 2] = (unsigned char)((ids[i] >> 16) & 255);
     }
-    PngError err = {.msg = "out of memory"};
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_warn);
-    png_infop info = png ? png_create_info_struct(png) : NULL;
-    if (!png || !info || setjmp(png_jmpbuf(png))) {
-        png_destroy_write_struct(&png, &info);
-        free(row);
-        commit_tmp(f, tmp, path, 1);
-        CS_FAIL("cannot write PNG %s: %s", tmp, err.msg);
-    }
-    png_init_io(png, f);
-    png_set_IHDR(png, info, (png_uint_32)W, (png_uint_32)H, 8, PNG_COLOR_TYPE_RGB,
-                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(png, info);
-    for (int y = 0; y < H; y++) {
-        for (int x = 0; x < W; x++) {
-            int32_t id = ids[(size_t)y * W + x];
-            row[3 * x] = (unsigned char)(id & 255);
-            row[3 * x + 1] = (unsigned char)((id >> 8) & 255);
-            row[3 * x + 2] = (unsigned char)((id >> 16) & 255);
-        }
-        png_write_row(png, row);
-    }
-    png_write_end(png, NULL);
-    png_destroy_write_struct(&png, &info);
-    free(row);
-    return commit_tmp(f, tmp, path, 0);
+    int rc = image_write_png_rgb(path, rgb, W, H);
+    free(rgb);
+    return rc;
 }
 
 static int make_dir(const char *path) {
