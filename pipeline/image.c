@@ -216,17 +216,19 @@ int image_read_jpeg(Image *im, const char *path) {
 }
 
 /* ---- panoptic PNG -------------------------------------------------------------------------- */
+enum { PNG_MSG_LEN = 256 };
 typedef struct {
     png_structp png;
     png_infop info;
     unsigned char *px;   /* (h, w, 3) */
     png_bytep *rows;     /* (h) pointers into px */
-    char msg[256];
+    char msg[PNG_MSG_LEN];
 } PngRead;
 
+/* libpng's error callback, reading and writing: the message goes to the char[PNG_MSG_LEN]
+ * given as the error pointer */
 static void png_on_error(png_structp png, png_const_charp msg) {
-    PngRead *st = png_get_error_ptr(png);
-    snprintf(st->msg, sizeof st->msg, "%s", msg);
+    snprintf(png_get_error_ptr(png), PNG_MSG_LEN, "%s", msg);
     png_longjmp(png, 1);
 }
 
@@ -241,7 +243,7 @@ static int png_decode(PngRead *st, uint32_t **ids, int *wp, int *hp, FILE *f, co
     size_t got = fread(sig, 1, sizeof sig, f);
     CS_CHECK(got == sizeof sig && png_sig_cmp(sig, 0, sizeof sig) == 0,
              "%s: not a PNG file (%s)", path, got == 0 ? "empty" : "bad signature");
-    st->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, st, png_on_error, png_on_warning);
+    st->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, st->msg, png_on_error, png_on_warning);
     CS_CHECK(st->png, "%s: cannot create the libpng reader", path);
     st->info = png_create_info_struct(st->png);
     CS_CHECK(st->info, "%s: cannot create the libpng info struct", path);
@@ -569,25 +571,15 @@ done:
 }
 
 /* ---- PNG writing ---------------------------------------------------------------------------- */
-typedef struct {
-    char msg[256];
-} PngWrite;
-
-static void png_write_error(png_structp png, png_const_charp msg) {
-    PngWrite *e = png_get_error_ptr(png);
-    snprintf(e->msg, sizeof e->msg, "%s", msg);
-    png_longjmp(png, 1);
-}
-
 /* Write rgb (h, w, 3) to the open file f; 0, or -1 with the message set. */
 static int png_encode(FILE *f, const char *tmp, const unsigned char *rgb, int w, int h) {
-    PngWrite err = {.msg = "out of memory"};
-    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_write_error,
+    char err[PNG_MSG_LEN] = "out of memory";
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, err, png_on_error,
                                               png_on_warning);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     if (!png || !info || setjmp(png_jmpbuf(png))) {
         png_destroy_write_struct(&png, &info);
-        CS_FAIL("cannot write PNG %s: %s", tmp, err.msg);
+        CS_FAIL("cannot write PNG %s: %s", tmp, err);
     }
     png_init_io(png, f);
     png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,

@@ -13,25 +13,6 @@
 #include "contrastive.h"
 #include "testutil.h"
 
-static uint64_t rng = 0x243F6A8885A308D3ull;
-
-/* uniform in [-1, 1) (splitmix64) */
-static float frand(void) {
-    uint64_t z = (rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)((double)(z >> 40) / (double)(1ull << 23) - 1.0);
-}
-
-static float *alloc_f(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) {
-        fprintf(stderr, "out of memory (%zu floats)\n", n);
-        exit(1);
-    }
-    return p;
-}
 
 static float *fx(hid_t f, const char *group, const char *name, size_t want) {
     char path[128];
@@ -183,6 +164,7 @@ static void test_fd(float log_scale) {
 }
 
 int main(int argc, char **argv) {
+    tu_rng = 0x243F6A8885A308D3ull; /* this test's own random inputs */
     char buf[1024];
     const char *path = argc > 1 ? argv[1] : tu_fixture_path("contrastive.h5", buf, sizeof buf);
     if (argc > 1 || access(path, F_OK) == 0)

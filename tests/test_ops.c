@@ -12,25 +12,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static uint64_t rng = 0x9E3779B97F4A7C15ull;
-
-/* uniform in [-1, 1) (splitmix64) */
-static float frand(void) {
-    uint64_t z = (rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)((double)(z >> 40) / (double)(1ull << 23) - 1.0);
-}
-
-static float *alloc_f(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) {
-        fprintf(stderr, "out of memory (%zu floats)\n", n);
-        exit(1);
-    }
-    return p;
-}
 
 static float *rand_f(size_t n, float scale) {
     float *p = alloc_f(n);

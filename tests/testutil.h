@@ -6,6 +6,7 @@
 
 #include <hdf5.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,25 @@
 #include "check.h"
 
 static int tu_passed, tu_failed;
+
+/* Random test inputs: frand() is uniform in [-1, 1) (splitmix64 over tu_rng; a test may seed
+ * it), alloc_f a zeroed buffer or exit. */
+static uint64_t tu_rng = 0x9E3779B97F4A7C15ull;
+static inline float frand(void) {
+    uint64_t z = (tu_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)((double)(z >> 40) / (double)(1ull << 23) - 1.0);
+}
+static inline float *alloc_f(size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory (%zu floats)\n", n);
+        exit(1);
+    }
+    return p;
+}
 
 /* Record one named check. */
 static inline void tu_check(int ok, const char *name, const char *detail) {
