@@ -33,6 +33,7 @@ static void block_name(char *name, size_t len, hsize_t dims[4], const VitTensor 
 static int write_tensors(hid_t loc, const Vit *m, const float *buf, const char *path) {
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         const VitTensor *t = &m->tensors[i];
+        if (!t->numel) continue; /* not part of this architecture */
         int blocks = t->per_layer ? m->cfg.layers : 1;
         for (int b = 0; b < blocks; b++) {
             char name[256];
@@ -153,6 +154,7 @@ static int read_tensors(hid_t loc, const char *label, const Vit *m, float *buf,
                         const char *path) {
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         const VitTensor *t = &m->tensors[i];
+        if (!t->numel) continue; /* not part of this architecture */
         int blocks = t->per_layer ? m->cfg.layers : 1;
         for (int b = 0; b < blocks; b++) {
             char name[256];

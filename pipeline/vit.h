@@ -9,7 +9,13 @@
 
 #include <stddef.h>
 
+/* Architectures: the open_clip / OpenAI CLIP ViT, and EVA02-CLIP's vision tower (patch bias,
+ * no ln_pre, q/k/v with q and v biases, 2-D RoPE on patch tokens, sub-LN in attention,
+ * SwiGLU MLP with its LayerNorm, head with bias). */
+enum { VIT_ARCH_CLIP = 0, VIT_ARCH_EVA02 = 1 };
+
 typedef struct {
+    int arch;     /* VIT_ARCH_CLIP or VIT_ARCH_EVA02 */
     int width;    /* C */
     int layers;   /* L */
     int heads;    /* H */
@@ -17,37 +23,47 @@ typedef struct {
     int embed;    /* E */
     int patch;    /* P */
     int grid;     /* G0: positional embedding grid side (image_size / patch) */
-    int act;      /* ACT_QUICKGELU (OpenAI weights) or ACT_GELU */
-    float ln_eps; /* 1e-5 */
+    int act;      /* ACT_QUICKGELU (OpenAI weights) or ACT_GELU; EVA02: unused (SwiGLU), 0 */
+    float ln_eps; /* 1e-5 (CLIP), 1e-6 (EVA02) */
+    int rope_grid; /* EVA02: RoPE pretraining grid side (16 for B/16 and L/14-336); CLIP: 0 */
 } VitConfig;
 
-/* The parameter tensors, in buffer order. */
+/* The parameter tensors, in buffer order. Each architecture uses a subset: the others have
+ * numel 0 (and no storage) in its table. F' = F for CLIP, 2F for EVA02 (rows w1|w2). */
 enum {
-    VIT_CONV1_W,   /* (C, 3, P, P) */
-    VIT_CLASS_EMB, /* (C) */
-    VIT_POS_EMB,   /* (1 + G0*G0, C) */
-    VIT_LN_PRE_W,  /* (C) */
-    VIT_LN_PRE_B,  /* (C) */
-    VIT_LN1_W,     /* (L, C) */
+    VIT_CONV1_W,   /* (C, 3, P, P)            both: conv1 / patch_embed.proj.weight */
+    VIT_PATCH_B,   /* (C)                     EVA02: patch_embed.proj.bias */
+    VIT_CLASS_EMB, /* (C)                     both: class_embedding / cls_token */
+    VIT_POS_EMB,   /* (1 + G0*G0, C)          both: positional_embedding / pos_embed */
+    VIT_LN_PRE_W,  /* (C)                     CLIP */
+    VIT_LN_PRE_B,  /* (C)                     CLIP */
+    VIT_LN1_W,     /* (L, C)                  both: ln_1 / norm1 */
     VIT_LN1_B,     /* (L, C) */
-    VIT_QKV_W,     /* (L, 3C, C) rows q|k|v */
-    VIT_QKV_B,     /* (L, 3C) */
-    VIT_OUT_W,     /* (L, C, C) */
+    VIT_QKV_W,     /* (L, 3C, C) rows q|k|v   both (EVA02: q_proj|k_proj|v_proj) */
+    VIT_QKV_B,     /* (L, 3C)                 both (EVA02: q_bias|0|v_bias; k part stays 0) */
+    VIT_ATTN_LN_W, /* (L, C)                  EVA02: attn.inner_attn_ln (sub-LN) */
+    VIT_ATTN_LN_B, /* (L, C)                  EVA02 */
+    VIT_OUT_W,     /* (L, C, C)               both: attn.out_proj / attn.proj */
     VIT_OUT_B,     /* (L, C) */
-    VIT_LN2_W,     /* (L, C) */
+    VIT_LN2_W,     /* (L, C)                  both: ln_2 / norm2 */
     VIT_LN2_B,     /* (L, C) */
-    VIT_FC_W,      /* (L, F, C) */
-    VIT_FC_B,      /* (L, F) */
-    VIT_FCPROJ_W,  /* (L, C, F) */
+    VIT_FC_W,      /* (L, F', C)              CLIP: c_fc; EVA02: rows w1|w2 */
+    VIT_FC_B,      /* (L, F')                 CLIP: c_fc; EVA02: w1.bias|w2.bias */
+    VIT_FFN_LN_W,  /* (L, F)                  EVA02: mlp.ffn_ln */
+    VIT_FFN_LN_B,  /* (L, F)                  EVA02 */
+    VIT_FCPROJ_W,  /* (L, C, F)               both: c_proj / w3 */
     VIT_FCPROJ_B,  /* (L, C) */
-    VIT_LN_POST_W, /* (C) */
+    VIT_LN_POST_W, /* (C)                     both: ln_post / norm */
     VIT_LN_POST_B, /* (C) */
-    VIT_PROJ,      /* (C, E), used as x @ proj */
+    VIT_PROJ,      /* CLIP: (C, E) used as x @ proj; EVA02: (E, C) head.weight, x @ head^T */
+    VIT_HEAD_B,    /* (E)                     EVA02: head.bias */
     VIT_NUM_TENSORS
 };
 
 typedef struct {
-    const char *name;  /* open_clip name; per-layer tensors hold "%d" for the block index */
+    const char *name;  /* name in the project's HDF5 checkpoints: open_clip's (CLIP) or EVA's
+                          (EVA02; the fused q|k|v and w1|w2 get names of their own); per-layer
+                          tensors hold "%d" for the block index; "" when numel is 0 */
     int per_layer;     /* 1: stored as (L, shape...) and named once per block */
     int ndim;          /* dimensions of one (per-block) tensor */
     int shape[4];      /* shape of one (per-block) tensor */
@@ -60,9 +76,9 @@ typedef struct {
 size_t vit_tensors(VitTensor t[VIT_NUM_TENSORS], const VitConfig *cfg);
 
 typedef struct {
-    float *conv1_w, *class_emb, *pos_emb, *ln_pre_w, *ln_pre_b, *ln1_w, *ln1_b, *qkv_w, *qkv_b,
-        *out_w, *out_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *fcproj_w, *fcproj_b, *ln_post_w,
-        *ln_post_b, *proj;
+    float *conv1_w, *patch_b, *class_emb, *pos_emb, *ln_pre_w, *ln_pre_b, *ln1_w, *ln1_b, *qkv_w,
+        *qkv_b, *attn_ln_w, *attn_ln_b, *out_w, *out_b, *ln2_w, *ln2_b, *fc_w, *fc_b, *ffn_ln_w,
+        *ffn_ln_b, *fcproj_w, *fcproj_b, *ln_post_w, *ln_post_b, *proj, *head_b;
 } VitParams; /* pointers into a flat buffer, in enum order; shapes as in the enum */
 
 /* Forward modes. */

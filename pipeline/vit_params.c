@@ -38,31 +38,61 @@ static void set(VitTensor *t, const char *name, int per_layer, int decay, int nd
 size_t vit_tensors(VitTensor t[VIT_NUM_TENSORS], const VitConfig *cfg) {
     int C = cfg->width, L = cfg->layers, F = cfg->mlp, E = cfg->embed, P = cfg->patch;
     int G = cfg->grid;
+    for (int i = 0; i < VIT_NUM_TENSORS; i++) set(&t[i], "", 0, 0, 1, 0, 0, 0, 0); /* unused */
     /* open_clip's weight-decay rule: none for 1-D tensors, biases and norms. */
-    set(&t[VIT_CONV1_W], "visual.conv1.weight", 0, 1, 4, C, 3, P, P);
-    set(&t[VIT_CLASS_EMB], "visual.class_embedding", 0, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_POS_EMB], "visual.positional_embedding", 0, 1, 2, 1 + G * G, C, 0, 0);
-    set(&t[VIT_LN_PRE_W], "visual.ln_pre.weight", 0, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_LN_PRE_B], "visual.ln_pre.bias", 0, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_LN1_W], "visual.transformer.resblocks.%d.ln_1.weight", 1, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_LN1_B], "visual.transformer.resblocks.%d.ln_1.bias", 1, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_QKV_W], "visual.transformer.resblocks.%d.attn.in_proj_weight", 1, 1, 2, 3 * C, C,
-        0, 0);
-    set(&t[VIT_QKV_B], "visual.transformer.resblocks.%d.attn.in_proj_bias", 1, 0, 1, 3 * C, 0, 0,
-        0);
-    set(&t[VIT_OUT_W], "visual.transformer.resblocks.%d.attn.out_proj.weight", 1, 1, 2, C, C, 0,
-        0);
-    set(&t[VIT_OUT_B], "visual.transformer.resblocks.%d.attn.out_proj.bias", 1, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_LN2_W], "visual.transformer.resblocks.%d.ln_2.weight", 1, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_LN2_B], "visual.transformer.resblocks.%d.ln_2.bias", 1, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_FC_W], "visual.transformer.resblocks.%d.mlp.c_fc.weight", 1, 1, 2, F, C, 0, 0);
-    set(&t[VIT_FC_B], "visual.transformer.resblocks.%d.mlp.c_fc.bias", 1, 0, 1, F, 0, 0, 0);
-    set(&t[VIT_FCPROJ_W], "visual.transformer.resblocks.%d.mlp.c_proj.weight", 1, 1, 2, C, F, 0,
-        0);
-    set(&t[VIT_FCPROJ_B], "visual.transformer.resblocks.%d.mlp.c_proj.bias", 1, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_LN_POST_W], "visual.ln_post.weight", 0, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_LN_POST_B], "visual.ln_post.bias", 0, 0, 1, C, 0, 0, 0);
-    set(&t[VIT_PROJ], "visual.proj", 0, 1, 2, C, E, 0, 0);
+    if (cfg->arch == VIT_ARCH_EVA02) {
+        set(&t[VIT_CONV1_W], "visual.patch_embed.proj.weight", 0, 1, 4, C, 3, P, P);
+        set(&t[VIT_PATCH_B], "visual.patch_embed.proj.bias", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_CLASS_EMB], "visual.cls_token", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_POS_EMB], "visual.pos_embed", 0, 1, 2, 1 + G * G, C, 0, 0);
+        set(&t[VIT_LN1_W], "visual.blocks.%d.norm1.weight", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN1_B], "visual.blocks.%d.norm1.bias", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_QKV_W], "visual.blocks.%d.attn.qkv.weight", 1, 1, 2, 3 * C, C, 0, 0);
+        set(&t[VIT_QKV_B], "visual.blocks.%d.attn.qkv.bias", 1, 0, 1, 3 * C, 0, 0, 0);
+        set(&t[VIT_ATTN_LN_W], "visual.blocks.%d.attn.inner_attn_ln.weight", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_ATTN_LN_B], "visual.blocks.%d.attn.inner_attn_ln.bias", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_OUT_W], "visual.blocks.%d.attn.proj.weight", 1, 1, 2, C, C, 0, 0);
+        set(&t[VIT_OUT_B], "visual.blocks.%d.attn.proj.bias", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN2_W], "visual.blocks.%d.norm2.weight", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN2_B], "visual.blocks.%d.norm2.bias", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_FC_W], "visual.blocks.%d.mlp.w12.weight", 1, 1, 2, 2 * F, C, 0, 0);
+        set(&t[VIT_FC_B], "visual.blocks.%d.mlp.w12.bias", 1, 0, 1, 2 * F, 0, 0, 0);
+        set(&t[VIT_FFN_LN_W], "visual.blocks.%d.mlp.ffn_ln.weight", 1, 0, 1, F, 0, 0, 0);
+        set(&t[VIT_FFN_LN_B], "visual.blocks.%d.mlp.ffn_ln.bias", 1, 0, 1, F, 0, 0, 0);
+        set(&t[VIT_FCPROJ_W], "visual.blocks.%d.mlp.w3.weight", 1, 1, 2, C, F, 0, 0);
+        set(&t[VIT_FCPROJ_B], "visual.blocks.%d.mlp.w3.bias", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN_POST_W], "visual.norm.weight", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN_POST_B], "visual.norm.bias", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_PROJ], "visual.head.weight", 0, 1, 2, E, C, 0, 0);
+        set(&t[VIT_HEAD_B], "visual.head.bias", 0, 0, 1, E, 0, 0, 0);
+    } else {
+        set(&t[VIT_CONV1_W], "visual.conv1.weight", 0, 1, 4, C, 3, P, P);
+        set(&t[VIT_CLASS_EMB], "visual.class_embedding", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_POS_EMB], "visual.positional_embedding", 0, 1, 2, 1 + G * G, C, 0, 0);
+        set(&t[VIT_LN_PRE_W], "visual.ln_pre.weight", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN_PRE_B], "visual.ln_pre.bias", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN1_W], "visual.transformer.resblocks.%d.ln_1.weight", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN1_B], "visual.transformer.resblocks.%d.ln_1.bias", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_QKV_W], "visual.transformer.resblocks.%d.attn.in_proj_weight", 1, 1, 2, 3 * C,
+            C, 0, 0);
+        set(&t[VIT_QKV_B], "visual.transformer.resblocks.%d.attn.in_proj_bias", 1, 0, 1, 3 * C, 0,
+            0, 0);
+        set(&t[VIT_OUT_W], "visual.transformer.resblocks.%d.attn.out_proj.weight", 1, 1, 2, C, C,
+            0, 0);
+        set(&t[VIT_OUT_B], "visual.transformer.resblocks.%d.attn.out_proj.bias", 1, 0, 1, C, 0, 0,
+            0);
+        set(&t[VIT_LN2_W], "visual.transformer.resblocks.%d.ln_2.weight", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN2_B], "visual.transformer.resblocks.%d.ln_2.bias", 1, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_FC_W], "visual.transformer.resblocks.%d.mlp.c_fc.weight", 1, 1, 2, F, C, 0, 0);
+        set(&t[VIT_FC_B], "visual.transformer.resblocks.%d.mlp.c_fc.bias", 1, 0, 1, F, 0, 0, 0);
+        set(&t[VIT_FCPROJ_W], "visual.transformer.resblocks.%d.mlp.c_proj.weight", 1, 1, 2, C, F,
+            0, 0);
+        set(&t[VIT_FCPROJ_B], "visual.transformer.resblocks.%d.mlp.c_proj.bias", 1, 0, 1, C, 0, 0,
+            0);
+        set(&t[VIT_LN_POST_W], "visual.ln_post.weight", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_LN_POST_B], "visual.ln_post.bias", 0, 0, 1, C, 0, 0, 0);
+        set(&t[VIT_PROJ], "visual.proj", 0, 1, 2, C, E, 0, 0);
+    }
     size_t off = 0;
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         if (t[i].per_layer) t[i].numel *= (size_t)L;

@@ -41,11 +41,14 @@ int main(int argc, char **argv) {
     }
     VitConfig p;
     if (!strcmp(preset, "tiny")) {
-        p = (VitConfig){64, 2, 4, 256, 32, 8, 8, ACT_GELU, 1e-5f};
+        p = (VitConfig){.width = 64, .layers = 2, .heads = 4, .mlp = 256, .embed = 32, .patch = 8,
+                       .grid = 8, .act = ACT_GELU, .ln_eps = 1e-5f};
     } else if (!strcmp(preset, "b16")) {
-        p = (VitConfig){768, 12, 12, 3072, 512, 16, 14, ACT_QUICKGELU, 1e-5f};
+        p = (VitConfig){.width = 768, .layers = 12, .heads = 12, .mlp = 3072, .embed = 512,
+                       .patch = 16, .grid = 14, .act = ACT_QUICKGELU, .ln_eps = 1e-5f};
     } else if (!strcmp(preset, "l14")) {
-        p = (VitConfig){1024, 24, 16, 4096, 768, 14, 24, ACT_QUICKGELU, 1e-5f};
+        p = (VitConfig){.width = 1024, .layers = 24, .heads = 16, .mlp = 4096, .embed = 768,
+                       .patch = 14, .grid = 24, .act = ACT_QUICKGELU, .ln_eps = 1e-5f};
     } else {
         cs_error_set(__FILE__, __LINE__, "unknown preset '%s' (tiny, b16 or l14)", preset);
         stage_die(&st, NULL);

@@ -73,6 +73,7 @@ static void compare_tensors(const char *tag, const Vit *m, const float *buf, hid
                             float kbias_atol) {
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         const VitTensor *t = &m->tensors[i];
+        if (!t->numel) continue; /* not part of this architecture */
         if (only_trainable && m->frozen[i]) continue;
         int L = t->per_layer ? m->cfg.layers : 1;
         size_t per = t->numel / (size_t)L;
@@ -273,6 +274,7 @@ static void adamw_exact(void) {
     vit_freeze_clipself(&m);
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         const VitTensor *t = &m.tensors[i];
+        if (!t->numel) continue; /* not part of this architecture */
         if (m.frozen[i]) continue;
         int L = t->per_layer ? m.cfg.layers : 1;
         size_t per = t->numel / (size_t)L;
