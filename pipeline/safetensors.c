@@ -1,6 +1,6 @@
 /* safetensors.c: the .safetensors reader (JSON header through yajl's tree API; F32, F16 and
- * BF16 data converted to float) and the CLIP ViT loader, whose knowledge of the open_clip and
- * Hugging Face naming schemes is one table. */
+ * BF16 data converted to float), the ViT loader and the ViT export, whose knowledge of the
+ * open_clip, Hugging Face and EVA02-CLIP naming schemes is one table used both ways. */
 #include "safetensors.h"
 
 #include <errno.h>
@@ -11,9 +11,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
 
 #include "check.h"
+#include "h5util.h"
 #include "ops.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -286,171 +288,188 @@ int st_read(const SafeTensors *st, const StTensor *t, float *out) {
     return rc;
 }
 
-/* ---- the ViT loader --------------------------------------------------------------------- */
-
-enum { SCHEME_OPENCLIP, SCHEME_HF, NUM_SCHEMES };
+/* ---- the ViT naming schemes -------------------------------------------------------------- */
 
 static const struct {
-    const char *label;
+    const char *label;         /* for messages */
+    const char *option;        /* as the stages spell it */
     const char *prefixes[2];   /* names under these belong to the vision tower */
     const char *block_prefix;  /* per-block names: this, the block index, '.' */
     const char *ignored;       /* a non-parameter buffer under the prefix, or NULL */
+    const char *ignored_suffix[2]; /* derived buffers anywhere under the prefix */
     const char *no_proj_note;  /* why the projection may be missing */
-} schemes[NUM_SCHEMES] = {
-    {"open_clip", {"visual.", NULL}, "visual.transformer.resblocks.", NULL, ""},
-    {"Hugging Face", {"vision_model.", "visual_projection."}, "vision_model.encoder.layers.",
-     "vision_model.embeddings.position_ids",
+} schemes[ST_NUM_NAMINGS] = {
+    {"open_clip", "openclip", {"visual.", NULL}, "visual.transformer.resblocks.", NULL,
+     {NULL, NULL}, ""},
+    {"Hugging Face", "hf", {"vision_model.", "visual_projection."}, "vision_model.encoder.layers.",
+     "vision_model.embeddings.position_ids", {NULL, NULL},
      " (a Hugging Face CLIPVisionModel checkpoint has no projection head, and the ViT needs "
      "one: export CLIPModel or CLIPVisionModelWithProjection instead)"},
+    /* EVA-CLIP keeps its RoPE tables as buffers (visual.rope.* and, shared, in every block's
+     * attention): they are derived from the config, never loaded. */
+    {"EVA02-CLIP", "eva", {"visual.", NULL}, "visual.blocks.", NULL,
+     {"rope.freqs_cos", "rope.freqs_sin"}, ""},
 };
 
-#define WHOLE -1
-/* One checkpoint tensor per row, per scheme: its name (%d = block index; NULL: the scheme
- * stores this kind in another row), the third of the rows of the fused q|k|v it fills (HF
- * keeps q_proj, k_proj, v_proj apart; WHOLE = all rows) and whether it is stored transposed
- * (HF's visual_projection.weight is proj^T, a Linear weight (E, C)). */
+/* How one scheme stores one checkpoint tensor: its name (%d = block index; NULL: not stored
+ * in this row), which part of the buffer tensor's rows it is (part of parts: HF and EVA keep
+ * q, k and v apart, EVA keeps w1 and w2 apart), whether it is stored transposed (HF's
+ * visual_projection.weight is proj^T) and how many leading 1-dimensions the file adds (EVA's
+ * cls_token (1, 1, C), pos_embed (1, T, C)). */
+typedef struct {
+    const char *name;
+    int part, parts, transposed, lead;
+} Spelling;
+#define WHOLE(n) {n, 0, 1, 0, 0}
+#define PART(n, i, k) {n, i, k, 0, 0}
+#define TRANSPOSED(n) {n, 0, 1, 1, 0}
+#define LEAD(n, k) {n, 0, 1, 0, k}
+#define NONE {NULL, 0, 1, 0, 0}
+
+/* One row per checkpoint tensor: the buffer tensor it fills and its spelling per scheme
+ * (columns open_clip, Hugging Face, EVA02). A kind with no spelling in a scheme does not
+ * exist in that scheme's architecture, except EVA's k bias: zero, and not stored. */
 static const struct {
     int kind;
-    const char *name[NUM_SCHEMES];
-    int qkv_third[NUM_SCHEMES];
-    int transposed[NUM_SCHEMES];
+    Spelling s[ST_NUM_NAMINGS];
 } names[] = {
-    {VIT_CONV1_W,
-     {"visual.conv1.weight",
-      "vision_model.embeddings.patch_embedding.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_CLASS_EMB,
-     {"visual.class_embedding",
-      "vision_model.embeddings.class_embedding"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_POS_EMB,
-     {"visual.positional_embedding",
-      "vision_model.embeddings.position_embedding.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_LN_PRE_W,
-     {"visual.ln_pre.weight",
-      "vision_model.pre_layrnorm.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_LN_PRE_B,
-     {"visual.ln_pre.bias",
-      "vision_model.pre_layrnorm.bias"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_LN1_W,
-     {"visual.transformer.resblocks.%d.ln_1.weight",
-      "vision_model.encoder.layers.%d.layer_norm1.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_LN1_B,
-     {"visual.transformer.resblocks.%d.ln_1.bias",
-      "vision_model.encoder.layers.%d.layer_norm1.bias"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_QKV_W,
-     {"visual.transformer.resblocks.%d.attn.in_proj_weight",
-      "vision_model.encoder.layers.%d.self_attn.q_proj.weight"},
-     {WHOLE, 0}, {0, 0}},
-    {VIT_QKV_W,
-     {NULL,
-      "vision_model.encoder.layers.%d.self_attn.k_proj.weight"},
-     {WHOLE, 1}, {0, 0}},
-    {VIT_QKV_W,
-     {NULL,
-      "vision_model.encoder.layers.%d.self_attn.v_proj.weight"},
-     {WHOLE, 2}, {0, 0}},
-    {VIT_QKV_B,
-     {"visual.transformer.resblocks.%d.attn.in_proj_bias",
-      "vision_model.encoder.layers.%d.self_attn.q_proj.bias"},
-     {WHOLE, 0}, {0, 0}},
-    {VIT_QKV_B,
-     {NULL,
-      "vision_model.encoder.layers.%d.self_attn.k_proj.bias"},
-     {WHOLE, 1}, {0, 0}},
-    {VIT_QKV_B,
-     {NULL,
-      "vision_model.encoder.layers.%d.self_attn.v_proj.bias"},
-     {WHOLE, 2}, {0, 0}},
-    {VIT_OUT_W,
-     {"visual.transformer.resblocks.%d.attn.out_proj.weight",
-      "vision_model.encoder.layers.%d.self_attn.out_proj.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_OUT_B,
-     {"visual.transformer.resblocks.%d.attn.out_proj.bias",
-      "vision_model.encoder.layers.%d.self_attn.out_proj.bias"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_LN2_W,
-     {"visual.transformer.resblocks.%d.ln_2.weight",
-      "vision_model.encoder.layers.%d.layer_norm2.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_LN2_B,
-     {"visual.transformer.resblocks.%d.ln_2.bias",
-      "vision_model.encoder.layers.%d.layer_norm2.bias"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_FC_W,
-     {"visual.transformer.resblocks.%d.mlp.c_fc.weight",
-      "vision_model.encoder.layers.%d.mlp.fc1.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_FC_B,
-     {"visual.transformer.resblocks.%d.mlp.c_fc.bias",
-      "vision_model.encoder.layers.%d.mlp.fc1.bias"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_FCPROJ_W,
-     {"visual.transformer.resblocks.%d.mlp.c_proj.weight",
-      "vision_model.encoder.layers.%d.mlp.fc2.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_FCPROJ_B,
-     {"visual.transformer.resblocks.%d.mlp.c_proj.bias",
-      "vision_model.encoder.layers.%d.mlp.fc2.bias"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_LN_POST_W,
-     {"visual.ln_post.weight",
-      "vision_model.post_layernorm.weight"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_LN_POST_B,
-     {"visual.ln_post.bias",
-      "vision_model.post_layernorm.bias"},
-     {WHOLE, WHOLE}, {0, 0}},
-    {VIT_PROJ,
-     {"visual.proj",
-      "visual_projection.weight"},
-     {WHOLE, WHOLE}, {0, 1}},
+    {VIT_CONV1_W, {WHOLE("visual.conv1.weight"),
+                   WHOLE("vision_model.embeddings.patch_embedding.weight"),
+                   WHOLE("visual.patch_embed.proj.weight")}},
+    {VIT_PATCH_B, {NONE, NONE, WHOLE("visual.patch_embed.proj.bias")}},
+    {VIT_CLASS_EMB, {WHOLE("visual.class_embedding"),
+                     WHOLE("vision_model.embeddings.class_embedding"),
+                     LEAD("visual.cls_token", 2)}},
+    {VIT_POS_EMB, {WHOLE("visual.positional_embedding"),
+                   WHOLE("vision_model.embeddings.position_embedding.weight"),
+                   LEAD("visual.pos_embed", 1)}},
+    {VIT_LN_PRE_W, {WHOLE("visual.ln_pre.weight"), WHOLE("vision_model.pre_layrnorm.weight"),
+                    NONE}},
+    {VIT_LN_PRE_B, {WHOLE("visual.ln_pre.bias"), WHOLE("vision_model.pre_layrnorm.bias"), NONE}},
+    {VIT_LN1_W, {WHOLE("visual.transformer.resblocks.%d.ln_1.weight"),
+                 WHOLE("vision_model.encoder.layers.%d.layer_norm1.weight"),
+                 WHOLE("visual.blocks.%d.norm1.weight")}},
+    {VIT_LN1_B, {WHOLE("visual.transformer.resblocks.%d.ln_1.bias"),
+                 WHOLE("vision_model.encoder.layers.%d.layer_norm1.bias"),
+                 WHOLE("visual.blocks.%d.norm1.bias")}},
+    {VIT_QKV_W, {WHOLE("visual.transformer.resblocks.%d.attn.in_proj_weight"),
+                 PART("vision_model.encoder.layers.%d.self_attn.q_proj.weight", 0, 3),
+                 PART("visual.blocks.%d.attn.q_proj.weight", 0, 3)}},
+    {VIT_QKV_W, {NONE, PART("vision_model.encoder.layers.%d.self_attn.k_proj.weight", 1, 3),
+                 PART("visual.blocks.%d.attn.k_proj.weight", 1, 3)}},
+    {VIT_QKV_W, {NONE, PART("vision_model.encoder.layers.%d.self_attn.v_proj.weight", 2, 3),
+                 PART("visual.blocks.%d.attn.v_proj.weight", 2, 3)}},
+    {VIT_QKV_B, {WHOLE("visual.transformer.resblocks.%d.attn.in_proj_bias"),
+                 PART("vision_model.encoder.layers.%d.self_attn.q_proj.bias", 0, 3),
+                 PART("visual.blocks.%d.attn.q_bias", 0, 3)}},
+    {VIT_QKV_B, {NONE, PART("vision_model.encoder.layers.%d.self_attn.k_proj.bias", 1, 3), NONE}},
+    {VIT_QKV_B, {NONE, PART("vision_model.encoder.layers.%d.self_attn.v_proj.bias", 2, 3),
+                 PART("visual.blocks.%d.attn.v_bias", 2, 3)}},
+    {VIT_ATTN_LN_W, {NONE, NONE, WHOLE("visual.blocks.%d.attn.inner_attn_ln.weight")}},
+    {VIT_ATTN_LN_B, {NONE, NONE, WHOLE("visual.blocks.%d.attn.inner_attn_ln.bias")}},
+    {VIT_OUT_W, {WHOLE("visual.transformer.resblocks.%d.attn.out_proj.weight"),
+                 WHOLE("vision_model.encoder.layers.%d.self_attn.out_proj.weight"),
+                 WHOLE("visual.blocks.%d.attn.proj.weight")}},
+    {VIT_OUT_B, {WHOLE("visual.transformer.resblocks.%d.attn.out_proj.bias"),
+                 WHOLE("vision_model.encoder.layers.%d.self_attn.out_proj.bias"),
+                 WHOLE("visual.blocks.%d.attn.proj.bias")}},
+    {VIT_LN2_W, {WHOLE("visual.transformer.resblocks.%d.ln_2.weight"),
+                 WHOLE("vision_model.encoder.layers.%d.layer_norm2.weight"),
+                 WHOLE("visual.blocks.%d.norm2.weight")}},
+    {VIT_LN2_B, {WHOLE("visual.transformer.resblocks.%d.ln_2.bias"),
+                 WHOLE("vision_model.encoder.layers.%d.layer_norm2.bias"),
+                 WHOLE("visual.blocks.%d.norm2.bias")}},
+    {VIT_FC_W, {WHOLE("visual.transformer.resblocks.%d.mlp.c_fc.weight"),
+                WHOLE("vision_model.encoder.layers.%d.mlp.fc1.weight"),
+                PART("visual.blocks.%d.mlp.w1.weight", 0, 2)}},
+    {VIT_FC_W, {NONE, NONE, PART("visual.blocks.%d.mlp.w2.weight", 1, 2)}},
+    {VIT_FC_B, {WHOLE("visual.transformer.resblocks.%d.mlp.c_fc.bias"),
+                WHOLE("vision_model.encoder.layers.%d.mlp.fc1.bias"),
+                PART("visual.blocks.%d.mlp.w1.bias", 0, 2)}},
+    {VIT_FC_B, {NONE, NONE, PART("visual.blocks.%d.mlp.w2.bias", 1, 2)}},
+    {VIT_FFN_LN_W, {NONE, NONE, WHOLE("visual.blocks.%d.mlp.ffn_ln.weight")}},
+    {VIT_FFN_LN_B, {NONE, NONE, WHOLE("visual.blocks.%d.mlp.ffn_ln.bias")}},
+    {VIT_FCPROJ_W, {WHOLE("visual.transformer.resblocks.%d.mlp.c_proj.weight"),
+                    WHOLE("vision_model.encoder.layers.%d.mlp.fc2.weight"),
+                    WHOLE("visual.blocks.%d.mlp.w3.weight")}},
+    {VIT_FCPROJ_B, {WHOLE("visual.transformer.resblocks.%d.mlp.c_proj.bias"),
+                    WHOLE("vision_model.encoder.layers.%d.mlp.fc2.bias"),
+                    WHOLE("visual.blocks.%d.mlp.w3.bias")}},
+    {VIT_LN_POST_W, {WHOLE("visual.ln_post.weight"), WHOLE("vision_model.post_layernorm.weight"),
+                     WHOLE("visual.norm.weight")}},
+    {VIT_LN_POST_B, {WHOLE("visual.ln_post.bias"), WHOLE("vision_model.post_layernorm.bias"),
+                     WHOLE("visual.norm.bias")}},
+    /* EVA's head.weight is (E, C) in the buffer too: no transpose */
+    {VIT_PROJ, {WHOLE("visual.proj"), TRANSPOSED("visual_projection.weight"),
+                WHOLE("visual.head.weight")}},
+    {VIT_HEAD_B, {NONE, NONE, WHOLE("visual.head.bias")}},
 };
 #define NUM_NAMES ((int)(sizeof names / sizeof names[0]))
+
+static int scheme_arch(int scheme) {
+    return scheme == ST_NAMES_EVA ? VIT_ARCH_EVA02 : VIT_ARCH_CLIP;
+}
+
+const char *st_naming_label(int naming) {
+    return naming >= 0 && naming < ST_NUM_NAMINGS ? schemes[naming].label : "unknown";
+}
+
+int st_naming_parse(const char *s, int *naming) {
+    for (int i = 0; i < ST_NUM_NAMINGS; i++)
+        if (!strcmp(s, schemes[i].option)) {
+            *naming = i;
+            return 0;
+        }
+    CS_FAIL("unknown naming \"%s\": openclip, hf or eva", s);
+}
 
 /* Everything about one row of the table at one block: the checkpoint name, the shape the file
  * must hold and where it lands in the flat buffer. */
 typedef struct {
     char name[160];
-    int ndim;
-    int64_t shape[4];  /* (ndim) as stored in the file */
+    int ndim;          /* as stored in the file (leading 1-dimensions included) */
+    int64_t shape[6];  /* (ndim) */
     size_t numel;
     size_t offset;     /* first float in the flat buffer */
-    int transposed;
+    int transposed;    /* the file holds the transpose of the buffer's (rows, cols) */
+    int64_t rows, cols; /* the buffer's 2-D view when transposed */
 } Piece;
 
 static void make_piece(Piece *p, const Vit *m, int scheme, int row, int block) {
     const VitTensor *t = &m->tensors[names[row].kind];
-    snprintf(p->name, sizeof p->name, names[row].name[scheme], block);
-    p->ndim = t->ndim;
-    p->numel = 1;
+    const Spelling *sp = &names[row].s[scheme];
+    snprintf(p->name, sizeof p->name, sp->name, block);
+    int64_t shape[4];
+    size_t numel = 1;
     for (int i = 0; i < t->ndim; i++) {
-        p->shape[i] = t->shape[i];
-        p->numel *= (size_t)t->shape[i];
+        shape[i] = t->shape[i];
+        numel *= (size_t)t->shape[i];
     }
-    p->offset = t->offset + (size_t)block * p->numel;
-    int third = names[row].qkv_third[scheme];
-    if (third != WHOLE) {
-        p->shape[0] /= 3;
-        p->numel /= 3;
-        p->offset += (size_t)third * p->numel;
-    }
-    p->transposed = names[row].transposed[scheme];
+    p->offset = t->offset + (size_t)block * numel;
+    shape[0] /= sp->parts;
+    numel /= (size_t)sp->parts;
+    p->offset += (size_t)sp->part * numel;
+    p->numel = numel;
+    p->transposed = sp->transposed;
+    p->rows = shape[0];
+    p->cols = t->ndim > 1 ? shape[1] : 1;
     if (p->transposed) {
-        int64_t s0 = p->shape[0];
-        p->shape[0] = p->shape[1];
-        p->shape[1] = s0;
+        int64_t s0 = shape[0];
+        shape[0] = shape[1];
+        shape[1] = s0;
     }
+    p->ndim = sp->lead + t->ndim;
+    for (int i = 0; i < sp->lead; i++) p->shape[i] = 1;
+    for (int i = 0; i < t->ndim; i++) p->shape[sp->lead + i] = shape[i];
 }
 
 static int has_prefix(const char *s, const char *prefix) {
     return prefix && !strncmp(s, prefix, strlen(prefix));
+}
+
+static int has_suffix(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = suffix ? strlen(suffix) : 0;
+    return suffix && n >= k && !strcmp(s + n - k, suffix);
 }
 
 static int in_scheme(const char *name, int scheme) {
@@ -458,33 +477,54 @@ static int in_scheme(const char *name, int scheme) {
            has_prefix(name, schemes[scheme].prefixes[1]);
 }
 
+/* A name under the vision prefix that is not a parameter (position ids, RoPE tables). */
+static int is_ignored(const char *name, int scheme) {
+    return (schemes[scheme].ignored && !strcmp(name, schemes[scheme].ignored)) ||
+           has_suffix(name, schemes[scheme].ignored_suffix[0]) ||
+           has_suffix(name, schemes[scheme].ignored_suffix[1]);
+}
+
+/* open_clip and EVA share the "visual." prefix: EVA's patch_embed / blocks tell them apart. */
 static int detect_scheme(const SafeTensors *st, int *scheme) {
-    int count[NUM_SCHEMES] = {0};
-    for (int i = 0; i < st->num_tensors; i++)
-        for (int s = 0; s < NUM_SCHEMES; s++) count[s] += in_scheme(st->tensors[i].name, s);
-    CS_CHECK(count[SCHEME_OPENCLIP] || count[SCHEME_HF], "%s: no vision tower: no tensor named "
-             "visual.* (open_clip) or vision_model.* (Hugging Face CLIP)", st->path);
-    CS_CHECK(!(count[SCHEME_OPENCLIP] && count[SCHEME_HF]), "%s mixes open_clip (visual.*) and "
-             "Hugging Face (vision_model.*) tensor names", st->path);
-    *scheme = count[SCHEME_OPENCLIP] ? SCHEME_OPENCLIP : SCHEME_HF;
+    int visual = 0, hf = 0, eva = 0;
+    for (int i = 0; i < st->num_tensors; i++) {
+        const char *n = st->tensors[i].name;
+        visual += in_scheme(n, ST_NAMES_OPENCLIP);
+        hf += in_scheme(n, ST_NAMES_HF);
+        eva += has_prefix(n, "visual.blocks.") || has_prefix(n, "visual.patch_embed.");
+    }
+    CS_CHECK(visual || hf, "%s: no vision tower: no tensor named visual.* (open_clip, EVA02-CLIP)"
+             " or vision_model.* (Hugging Face CLIP)", st->path);
+    CS_CHECK(!(visual && hf), "%s mixes visual.* (open_clip / EVA) and Hugging Face "
+             "(vision_model.*) tensor names", st->path);
+    *scheme = hf ? ST_NAMES_HF : eva ? ST_NAMES_EVA : ST_NAMES_OPENCLIP;
     return 0;
 }
 
-/* Dimension dim (in open_clip orientation) of the first tensor of kind, block 0, whose name
- * goes to name (160 chars) for messages. */
+int vit_safetensors_naming(const char *path, int *naming) {
+    SafeTensors st;
+    CS_TRY(st_open(&st, path));
+    int rc = detect_scheme(&st, naming);
+    st_close(&st);
+    return rc;
+}
+
+/* Dimension dim (in the buffer's orientation, ndim dimensions) of the first tensor of kind,
+ * block 0, whose name goes to name (160 chars) for messages. */
 static int kind_dim(const SafeTensors *st, int scheme, int kind, int ndim, int dim, int *out,
                     char *name) {
     int row = 0;
-    while (names[row].kind != kind || !names[row].name[scheme]) row++;
-    snprintf(name, 160, names[row].name[scheme], 0);
+    while (names[row].kind != kind || !names[row].s[scheme].name) row++;
+    const Spelling *sp = &names[row].s[scheme];
+    snprintf(name, 160, sp->name, 0);
     const StTensor *t = st_find(st, name);
     CS_CHECK(t, "%s: missing tensor %s%s", st->path, name,
              kind == VIT_PROJ ? schemes[scheme].no_proj_note : "");
     char s[160];
     format_shape(s, sizeof s, t->shape, t->ndim);
-    CS_CHECK(t->ndim == ndim, "%s: tensor %s has shape %s, expected %d dimensions", st->path,
-             name, s, ndim);
-    int64_t d = t->shape[names[row].transposed[scheme] ? ndim - 1 - dim : dim];
+    CS_CHECK(t->ndim == ndim + sp->lead, "%s: tensor %s has shape %s, expected %d dimensions",
+             st->path, name, s, ndim + sp->lead);
+    int64_t d = t->shape[sp->lead + (sp->transposed ? ndim - 1 - dim : dim)];
     CS_CHECK(d > 0 && d <= 1 << 30, "%s: tensor %s has shape %s: dimension %d is implausible",
              st->path, name, s, dim);
     *out = (int)d;
@@ -509,16 +549,30 @@ static int count_blocks(const SafeTensors *st, int scheme, int *layers) {
     return 0;
 }
 
+static int meta_int(const SafeTensors *st, const char *key, int max, int *out) {
+    const char *v = st_metadata(st, key);
+    if (!v) return 0;
+    char *end;
+    long x = strtol(v, &end, 10);
+    CS_CHECK(*v && !*end && x > 0 && x <= max, "%s: metadata %s = \"%s\" is not an integer in "
+             "1..%d", st->path, key, v, max);
+    *out = (int)x;
+    return 0;
+}
+
 /* The config from the shapes, then metadata, hint and defaults (see safetensors.h). */
 static int infer_config(const SafeTensors *st, int scheme, const VitConfig *hint, VitConfig *c) {
     memset(c, 0, sizeof *c);
+    c->arch = scheme_arch(scheme);
+    int eva = c->arch == VIT_ARCH_EVA02;
     int pos_rows;
     char from[6][160]; /* the tensor each shape-derived field was read from */
     CS_TRY(kind_dim(st, scheme, VIT_CLASS_EMB, 1, 0, &c->width, from[0]));
     CS_TRY(count_blocks(st, scheme, &c->layers));
     snprintf(from[1], sizeof from[1], "%s<N>", schemes[scheme].block_prefix);
     CS_TRY(kind_dim(st, scheme, VIT_FC_W, 2, 0, &c->mlp, from[2]));
-    CS_TRY(kind_dim(st, scheme, VIT_PROJ, 2, 1, &c->embed, from[3]));
+    /* the projection is (C, E) for open_clip / HF and EVA's head (E, C) */
+    CS_TRY(kind_dim(st, scheme, VIT_PROJ, 2, eva ? 0 : 1, &c->embed, from[3]));
     CS_TRY(kind_dim(st, scheme, VIT_CONV1_W, 4, 2, &c->patch, from[4]));
     CS_TRY(kind_dim(st, scheme, VIT_POS_EMB, 2, 0, &pos_rows, from[5]));
     c->grid = (int)lround(sqrt((double)(pos_rows - 1)));
@@ -536,22 +590,18 @@ static int infer_config(const SafeTensors *st, int scheme, const VitConfig *hint
                      "the caller expects %d", st->path, from[i], dims[i].what, dims[i].file,
                      dims[i].want);
     }
-    const char *heads = st_metadata(st, "clipself.heads");
+    /* OpenAI, open_clip and EVA02-CLIP ViTs use 64-dimensional heads. */
+    c->heads = hint && hint->heads > 0 ? hint->heads : c->width / 64;
+    CS_TRY(meta_int(st, "clipself.heads", c->width, &c->heads));
+    CS_CHECK(c->heads > 0, "%s: no clipself.heads metadata and no hint, and the default width / "
+             "64 gives no head for width %d", st->path, c->width);
     const char *act = st_metadata(st, "clipself.act");
     const char *eps = st_metadata(st, "clipself.ln_eps");
-    if (heads) {
-        char *end;
-        long h = strtol(heads, &end, 10);
-        CS_CHECK(*heads && !*end && h > 0 && h <= c->width, "%s: metadata clipself.heads = "
-                 "\"%s\" is not a head count", st->path, heads);
-        c->heads = (int)h;
-    } else {
-        /* OpenAI and open_clip ViTs use 64-dimensional heads. */
-        c->heads = hint && hint->heads > 0 ? hint->heads : c->width / 64;
-        CS_CHECK(c->heads > 0, "%s: no clipself.heads metadata and no hint, and the default "
-                 "width / 64 gives no head for width %d", st->path, c->width);
-    }
-    if (act) {
+    if (eva) {
+        c->act = 0; /* SwiGLU */
+        c->rope_grid = hint && hint->rope_grid > 0 ? hint->rope_grid : 16;
+        CS_TRY(meta_int(st, "clipself.rope_grid", 1 << 16, &c->rope_grid));
+    } else if (act) {
         CS_CHECK(!strcmp(act, "quickgelu") || !strcmp(act, "gelu"), "%s: metadata clipself.act "
                  "= \"%s\", expected \"quickgelu\" or \"gelu\"", st->path, act);
         c->act = !strcmp(act, "gelu") ? ACT_GELU : ACT_QUICKGELU;
@@ -565,9 +615,29 @@ static int infer_config(const SafeTensors *st, int scheme, const VitConfig *hint
                  "not a layernorm epsilon", st->path, eps);
         c->ln_eps = (float)e;
     } else {
-        c->ln_eps = hint && hint->ln_eps > 0.0f ? hint->ln_eps : 1e-5f;
+        c->ln_eps = hint && hint->ln_eps > 0.0f ? hint->ln_eps : eva ? 1e-6f : 1e-5f;
     }
     return 0;
+}
+
+/* The row and block a checkpoint name is, or row -1. */
+static void find_row(const char *name, int scheme, const Vit *m, int *row, int *block) {
+    const char *bp = schemes[scheme].block_prefix;
+    long b = -1;
+    if (has_prefix(name, bp)) b = strtol(name + strlen(bp), NULL, 10);
+    *row = -1;
+    for (int r = 0; r < NUM_NAMES; r++) {
+        if (!names[r].s[scheme].name) continue;
+        int per_layer = m->tensors[names[r].kind].per_layer;
+        if (per_layer && (b < 0 || b >= m->cfg.layers)) continue;
+        char want[160];
+        snprintf(want, sizeof want, names[r].s[scheme].name, per_layer ? (int)b : 0);
+        if (!strcmp(want, name)) {
+            *row = r;
+            *block = per_layer ? (int)b : 0;
+            return;
+        }
+    }
 }
 
 /* An unexpected name under the vision prefix is most likely a model this ViT does not
@@ -575,22 +645,10 @@ static int infer_config(const SafeTensors *st, int scheme, const VitConfig *hint
 static int check_unexpected(const SafeTensors *st, int scheme, const Vit *m) {
     for (int i = 0; i < st->num_tensors; i++) {
         const char *name = st->tensors[i].name;
-        if (!in_scheme(name, scheme)) continue;
-        if (schemes[scheme].ignored && !strcmp(name, schemes[scheme].ignored)) continue;
-        /* Only the block this name claims needs its names spelled out. */
-        const char *bp = schemes[scheme].block_prefix;
-        long block = -1;
-        if (has_prefix(name, bp)) block = strtol(name + strlen(bp), NULL, 10);
-        int found = 0;
-        for (int r = 0; r < NUM_NAMES && !found; r++) {
-            if (!names[r].name[scheme]) continue;
-            int per_layer = m->tensors[names[r].kind].per_layer;
-            if (per_layer && (block < 0 || block >= m->cfg.layers)) continue;
-            char want[160];
-            snprintf(want, sizeof want, names[r].name[scheme], per_layer ? (int)block : 0);
-            found = !strcmp(want, name);
-        }
-        CS_CHECK(found, "%s: unexpected tensor %s: not in the %s layout of a CLIP ViT (%d blocks)",
+        if (!in_scheme(name, scheme) || is_ignored(name, scheme)) continue;
+        int row, block;
+        find_row(name, scheme, m, &row, &block);
+        CS_CHECK(row >= 0, "%s: unexpected tensor %s: not in the %s layout of a ViT (%d blocks)",
                  st->path, name, schemes[scheme].label, m->cfg.layers);
     }
     return 0;
@@ -599,7 +657,7 @@ static int check_unexpected(const SafeTensors *st, int scheme, const Vit *m) {
 /* Every piece present, float-typed and of the right shape, before any data is read. */
 static int check_pieces(const SafeTensors *st, int scheme, const Vit *m) {
     for (int r = 0; r < NUM_NAMES; r++) {
-        if (!names[r].name[scheme]) continue;
+        if (!names[r].s[scheme].name) continue;
         int blocks = m->tensors[names[r].kind].per_layer ? m->cfg.layers : 1;
         for (int b = 0; b < blocks; b++) {
             Piece p;
@@ -626,18 +684,18 @@ static int read_piece(const SafeTensors *st, const Piece *p, float *params) {
     const StTensor *t = st_find(st, p->name);
     float *dst = params + p->offset;
     if (!p->transposed) return st_read(st, t, dst);
-    float *tmp; /* (shape[0], shape[1]) as stored; dst is its transpose */
+    float *tmp; /* (cols, rows) as stored; dst (rows, cols) is its transpose */
     CS_ALLOC(tmp, p->numel);
     int rc = st_read(st, t, tmp);
-    size_t rows = (size_t)p->shape[0], cols = (size_t)p->shape[1];
-    for (size_t i = 0; rc == 0 && i < rows; i++)
-        for (size_t j = 0; j < cols; j++) dst[j * rows + i] = tmp[i * cols + j];
+    size_t rows = (size_t)p->rows, cols = (size_t)p->cols;
+    for (size_t j = 0; rc == 0 && j < cols; j++)
+        for (size_t i = 0; i < rows; i++) dst[i * cols + j] = tmp[j * rows + i];
     free(tmp);
     return rc;
 }
 
 static int load(Vit *m, const SafeTensors *st, const VitConfig *hint) {
-    int scheme = SCHEME_OPENCLIP;
+    int scheme = ST_NAMES_OPENCLIP;
     VitConfig cfg;
     CS_TRY(detect_scheme(st, &scheme));
     CS_TRY(infer_config(st, scheme, hint, &cfg));
@@ -645,7 +703,7 @@ static int load(Vit *m, const SafeTensors *st, const VitConfig *hint) {
     CS_TRY(check_unexpected(st, scheme, m));
     CS_TRY(check_pieces(st, scheme, m));
     for (int r = 0; r < NUM_NAMES; r++) {
-        if (!names[r].name[scheme]) continue;
+        if (!names[r].s[scheme].name) continue;
         int blocks = m->tensors[names[r].kind].per_layer ? m->cfg.layers : 1;
         for (int b = 0; b < blocks; b++) {
             Piece p;
@@ -663,5 +721,255 @@ int vit_load_safetensors(Vit *m, const char *path, const VitConfig *hint) {
     int rc = load(m, &st, hint);
     st_close(&st);
     if (rc != 0) vit_free(m);
+    return rc;
+}
+
+/* ---- export -------------------------------------------------------------------------------- */
+
+/* One tensor of the file being written: a piece of the model (F32) or a tensor of the like
+ * file copied byte for byte. */
+typedef struct {
+    char name[160];
+    const StTensor *copy; /* NULL: the model's piece */
+    Piece piece;
+    uint64_t begin, end;  /* data_offsets */
+} OutTensor;
+
+static int gen_ok(yajl_gen_status s) { return s == yajl_gen_status_ok ? 0 : -1; }
+
+static int gen_string(yajl_gen g, const char *s) {
+    return gen_ok(yajl_gen_string(g, (const unsigned char *)s, strlen(s)));
+}
+
+/* The JSON header: __metadata__ first, then the tensors in file order. */
+static int make_header(yajl_gen g, const OutTensor *out, int n, char **keys, char **values,
+                       int nmeta) {
+    int rc = gen_ok(yajl_gen_map_open(g));
+    rc |= gen_string(g, "__metadata__");
+    rc |= gen_ok(yajl_gen_map_open(g));
+    for (int i = 0; i < nmeta; i++) rc |= gen_string(g, keys[i]) | gen_string(g, values[i]);
+    rc |= gen_ok(yajl_gen_map_close(g));
+    for (int i = 0; i < n; i++) {
+        const OutTensor *t = &out[i];
+        rc |= gen_string(g, t->name);
+        rc |= gen_ok(yajl_gen_map_open(g));
+        rc |= gen_string(g, "dtype") | gen_string(g, t->copy ? t->copy->dtype : "F32");
+        rc |= gen_string(g, "shape") | gen_ok(yajl_gen_array_open(g));
+        int ndim = t->copy ? t->copy->ndim : t->piece.ndim;
+        for (int d = 0; d < ndim; d++)
+            rc |= gen_ok(yajl_gen_integer(g, t->copy ? t->copy->shape[d] : t->piece.shape[d]));
+        rc |= gen_ok(yajl_gen_array_close(g));
+        rc |= gen_string(g, "data_offsets") | gen_ok(yajl_gen_array_open(g));
+        rc |= gen_ok(yajl_gen_integer(g, (long long)t->begin));
+        rc |= gen_ok(yajl_gen_integer(g, (long long)t->end));
+        rc |= gen_ok(yajl_gen_array_close(g)) | gen_ok(yajl_gen_map_close(g));
+    }
+    rc |= gen_ok(yajl_gen_map_close(g));
+    CS_CHECK(rc == 0, "cannot generate the safetensors JSON header");
+    return 0;
+}
+
+static int write_all(int fd, const void *buf, size_t n, const char *path) {
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        CS_CHECK(w > 0, "cannot write %s: %s", path, w < 0 ? strerror(errno) : "no progress");
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* The data of one output tensor, appended to fd. */
+static int write_data(int fd, const OutTensor *t, const Vit *m, const SafeTensors *like,
+                      const char *tmp) {
+    if (t->copy) {
+        char buf[1 << 16];
+        for (uint64_t off = t->copy->begin; off < t->copy->end;) {
+            size_t n = (size_t)(t->copy->end - off < sizeof buf ? t->copy->end - off : sizeof buf);
+            CS_TRY(pread_full(like->fd, buf, n, like->data_start + off, like->path, t->name));
+            CS_TRY(write_all(fd, buf, n, tmp));
+            off += n;
+        }
+        return 0;
+    }
+    const Piece *p = &t->piece;
+    const float *src = m->params_mem + p->offset;
+    if (!p->transposed) return write_all(fd, src, p->numel * sizeof(float), tmp);
+    float *tr; /* (cols, rows): the file's orientation */
+    CS_ALLOC(tr, p->numel);
+    for (int64_t i = 0; i < p->rows; i++)
+        for (int64_t j = 0; j < p->cols; j++) tr[j * p->rows + i] = src[i * p->cols + j];
+    int rc = write_all(fd, tr, p->numel * sizeof(float), tmp);
+    free(tr);
+    return rc;
+}
+
+static int same_shape_config(const VitConfig *a, const VitConfig *b) {
+    return a->arch == b->arch && a->width == b->width && a->layers == b->layers &&
+           a->mlp == b->mlp && a->embed == b->embed && a->patch == b->patch && a->grid == b->grid;
+}
+
+/* The metadata to write: the like file's, then the config keys the loader reads (a model
+ * whose heads, activation or eps are not the defaults loads back as it was), and "format":
+ * "pt", which Hugging Face's loader requires. */
+static int export_metadata(const Vit *m, const SafeTensors *like, char ***keys, char ***values,
+                           int *n) {
+    const VitConfig *c = &m->cfg;
+    char heads[32], eps[32], rope[32];
+    snprintf(heads, sizeof heads, "%d", c->heads);
+    for (int digits = 1; digits <= 9; digits++) { /* the shortest text that reads back exactly */
+        snprintf(eps, sizeof eps, "%.*g", digits, (double)c->ln_eps);
+        if (strtof(eps, NULL) == c->ln_eps) break;
+    }
+    snprintf(rope, sizeof rope, "%d", c->rope_grid);
+    const char *own[][2] = {
+        {"clipself.heads", heads},
+        {"clipself.ln_eps", eps},
+        {c->arch == VIT_ARCH_EVA02 ? "clipself.rope_grid" : "clipself.act",
+         c->arch == VIT_ARCH_EVA02 ? rope : c->act == ACT_GELU ? "gelu" : "quickgelu"},
+        {"format", "pt"},
+    };
+    int nown = (int)(sizeof own / sizeof own[0]), nlike = like ? like->num_meta : 0;
+    CS_ALLOC(*keys, (size_t)(nlike + nown));
+    CS_ALLOC(*values, (size_t)(nlike + nown));
+    *n = 0;
+    for (int i = 0; i < nlike + nown; i++) {
+        const char *k = i < nlike ? like->meta_keys[i] : own[i - nlike][0];
+        const char *v = i < nlike ? like->meta_values[i] : own[i - nlike][1];
+        int j = 0;
+        while (j < *n && strcmp((*keys)[j], k)) j++;
+        if (j < *n && i >= nlike && !strcmp(k, "format")) continue; /* keep the like's format */
+        if (j == *n) (*keys)[(*n)++] = (char *)k;
+        (*values)[j] = (char *)v;
+    }
+    return 0;
+}
+
+static int export(const Vit *m, const char *path, int scheme, const SafeTensors *like) {
+    /* EVA keeps no k bias: a model whose k bias moved cannot be written in its names */
+    if (scheme == ST_NAMES_EVA) {
+        const float *kb = m->params.qkv_b;
+        int C = m->cfg.width;
+        for (int l = 0; l < m->cfg.layers; l++)
+            for (int i = 0; i < C; i++)
+                CS_CHECK(kb[(size_t)l * 3 * C + C + i] == 0.0f, "block %d has a non-zero k bias, "
+                         "which EVA02-CLIP's names cannot hold", l);
+    }
+    int total = 0; /* model pieces */
+    for (int r = 0; r < NUM_NAMES; r++)
+        if (names[r].s[scheme].name)
+            total += m->tensors[names[r].kind].per_layer ? m->cfg.layers : 1;
+    int cap = total + (like ? like->num_tensors : 0), n = 0;
+    OutTensor *out;
+    CS_ALLOC(out, (size_t)cap);
+    int rc = 0;
+    if (like) { /* the like file's order: its vision tensors replaced, the rest copied */
+        for (int i = 0; i < like->num_tensors; i++) {
+            const StTensor *t = &like->tensors[i];
+            OutTensor *o = &out[n++];
+            snprintf(o->name, sizeof o->name, "%s", t->name);
+            int row = -1, block = 0;
+            if (in_scheme(t->name, scheme) && !is_ignored(t->name, scheme))
+                find_row(t->name, scheme, m, &row, &block);
+            if (row >= 0) make_piece(&o->piece, m, scheme, row, block);
+            else o->copy = t;
+        }
+    } else {
+        for (int r = 0; r < NUM_NAMES; r++) {
+            if (!names[r].s[scheme].name) continue;
+            int blocks = m->tensors[names[r].kind].per_layer ? m->cfg.layers : 1;
+            for (int b = 0; b < blocks; b++) {
+                OutTensor *o = &out[n++];
+                make_piece(&o->piece, m, scheme, r, b);
+                snprintf(o->name, sizeof o->name, "%s", o->piece.name);
+            }
+        }
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t bytes = out[i].copy ? out[i].copy->end - out[i].copy->begin
+                                     : (uint64_t)out[i].piece.numel * sizeof(float);
+        out[i].begin = off;
+        out[i].end = off += bytes;
+    }
+    char **keys = NULL, **values = NULL;
+    int nmeta = 0;
+    yajl_gen g = yajl_gen_alloc(NULL);
+    CS_CHECK(g, "out of memory writing %s", path);
+    rc = export_metadata(m, like, &keys, &values, &nmeta);
+    if (rc == 0) rc = make_header(g, out, n, keys, values, nmeta);
+    const unsigned char *json = NULL;
+    size_t json_len = 0;
+    if (rc == 0) yajl_gen_get_buf(g, &json, &json_len);
+    char tmp[4200];
+    int fd = -1;
+    if (rc == 0) rc = h5u_tmp_path(tmp, sizeof tmp, path);
+    if (rc == 0) {
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) rc = cs_error_set(__FILE__, __LINE__, "cannot create %s: %s", tmp,
+                                      strerror(errno));
+    }
+    if (rc == 0) {
+        /* the header is padded with spaces to a multiple of 8, as the reference writer does,
+         * so the data starts aligned */
+        uint64_t hlen = (json_len + 7) & ~(uint64_t)7;
+        char pad[8] = "        ";
+        rc = write_all(fd, &hlen, 8, tmp);
+        if (rc == 0) rc = write_all(fd, json, json_len, tmp);
+        if (rc == 0) rc = write_all(fd, pad, hlen - json_len, tmp);
+        for (int i = 0; rc == 0 && i < n; i++) rc = write_data(fd, &out[i], m, like, tmp);
+        if (close(fd) != 0 && rc == 0)
+            rc = cs_error_set(__FILE__, __LINE__, "cannot write %s: %s", tmp, strerror(errno));
+        if (rc == 0) rc = h5u_commit(tmp, path);
+        else unlink(tmp);
+    }
+    yajl_gen_free(g);
+    free(keys);
+    free(values);
+    free(out);
+    return rc;
+}
+
+int vit_export_safetensors(const Vit *m, const char *path, int naming, const char *like_path) {
+    SafeTensors like;
+    int have_like = like_path != NULL;
+    if (have_like) {
+        CS_TRY(st_open(&like, like_path));
+        int like_naming;
+        VitConfig lc;
+        int rc = detect_scheme(&like, &like_naming);
+        if (rc == 0) rc = infer_config(&like, like_naming, NULL, &lc);
+        if (rc == 0 && naming >= 0 && naming != like_naming)
+            rc = cs_error_set(__FILE__, __LINE__, "%s has %s names, but %s names were asked for",
+                              like_path, schemes[like_naming].label, schemes[naming].label);
+        if (rc == 0 && !same_shape_config(&lc, &m->cfg))
+            rc = cs_error_set(__FILE__, __LINE__, "%s holds another vision tower (%s, width %d, "
+                              "%d layers, mlp %d, embed %d, patch %d, grid %d) than the model "
+                              "(%s, %d, %d, %d, %d, %d, %d): export with the checkpoint the model "
+                              "was loaded from", like_path, lc.arch ? "EVA02" : "CLIP", lc.width,
+                              lc.layers, lc.mlp, lc.embed, lc.patch, lc.grid,
+                              m->cfg.arch ? "EVA02" : "CLIP", m->cfg.width, m->cfg.layers,
+                              m->cfg.mlp, m->cfg.embed, m->cfg.patch, m->cfg.grid);
+        if (rc == 0) rc = check_unexpected(&like, like_naming, m);
+        if (rc == 0) rc = check_pieces(&like, like_naming, m);
+        if (rc != 0) {
+            st_close(&like);
+            return rc;
+        }
+        naming = like_naming;
+    } else if (naming < 0) {
+        naming = m->cfg.arch == VIT_ARCH_EVA02 ? ST_NAMES_EVA : ST_NAMES_OPENCLIP;
+    }
+    CS_CHECK(naming >= 0 && naming < ST_NUM_NAMINGS, "unknown naming %d", naming);
+    int rc = scheme_arch(naming) == m->cfg.arch
+                 ? 0
+                 : cs_error_set(__FILE__, __LINE__, "%s names describe %s ViTs, but the model "
+                                "is %s", schemes[naming].label,
+                                scheme_arch(naming) == VIT_ARCH_EVA02 ? "EVA02" : "CLIP",
+                                m->cfg.arch == VIT_ARCH_EVA02 ? "EVA02" : "CLIP");
+    if (rc == 0) rc = export(m, path, naming, have_like ? &like : NULL);
+    if (have_like) st_close(&like);
     return rc;
 }

@@ -49,19 +49,47 @@ const char *st_metadata(const SafeTensors *st, const char *key);
  * dtype is an error naming the tensor. */
 int st_read(const SafeTensors *st, const StTensor *t, float *out);
 
-/* Load a CLIP ViT (vision tower and projection) from an open_clip checkpoint (names under
- * "visual.") or a Hugging Face CLIPModel / CLIPVisionModelWithProjection checkpoint
- * ("vision_model.*" and "visual_projection.weight"); calls vit_init on m.
+/* The naming schemes of a ViT in a safetensors checkpoint. */
+enum {
+    ST_NAMES_OPENCLIP, /* open_clip / OpenAI CLIP: visual.conv1.weight, ... */
+    ST_NAMES_HF,       /* Hugging Face CLIPModel: vision_model.*, visual_projection.weight */
+    ST_NAMES_EVA,      /* EVA02-CLIP: visual.patch_embed.*, visual.blocks.N.*, visual.head.* */
+    ST_NUM_NAMINGS
+};
+const char *st_naming_label(int naming);        /* "open_clip", "Hugging Face", "EVA02-CLIP" */
+int st_naming_parse(const char *s, int *naming); /* "openclip" | "hf" | "eva" */
+/* The naming scheme of the vision tower in path. */
+int vit_safetensors_naming(const char *path, int *naming);
+
+/* Load a ViT (vision tower and projection) from an open_clip checkpoint (names under
+ * "visual."), a Hugging Face CLIPModel / CLIPVisionModelWithProjection checkpoint
+ * ("vision_model.*" and "visual_projection.weight") or an EVA02-CLIP checkpoint ("visual."
+ * with patch_embed / blocks / head: the EVA02 architecture); calls vit_init on m.
  *
  * Config: width, layers, mlp, embed, patch and grid are read from the tensor shapes; where
  * hint sets one of them (> 0) it must agree, so a caller that knows the variant catches a
- * wrong file. heads, act and ln_eps are not visible in the shapes: each comes from the
- * metadata key "clipself.heads" / "clipself.act" ("quickgelu" | "gelu") / "clipself.ln_eps"
- * when present, else from hint (heads > 0, act, ln_eps > 0), else the OpenAI defaults
- * heads = width / 64, QuickGELU, eps 1e-5. hint may be NULL.
+ * wrong file. heads, act, ln_eps (and EVA02's rope_grid) are not visible in the shapes: each
+ * comes from the metadata key "clipself.heads" / "clipself.act" ("quickgelu" | "gelu") /
+ * "clipself.ln_eps" / "clipself.rope_grid" when present, else from hint (heads > 0, act,
+ * ln_eps > 0, rope_grid > 0), else the defaults: heads = width / 64; CLIP QuickGELU and eps
+ * 1e-5 (OpenAI); EVA02 eps 1e-6 and RoPE grid 16. hint may be NULL.
  *
- * Text-tower tensors are ignored; a missing, unexpected (under the vision prefix) or
- * mis-shaped vision tensor is an error naming it. */
+ * Text-tower tensors (and derived buffers: HF position_ids, EVA's rope.freqs_*) are ignored;
+ * a missing, unexpected (under the vision prefix) or mis-shaped vision tensor is an error
+ * naming it. EVA's k bias is not stored: it is zero. */
 int vit_load_safetensors(Vit *m, const char *path, const VitConfig *hint);
+
+/* Write m to path (atomically: a killed job leaves the old file or the complete new one) as
+ * safetensors in a naming scheme, the vision tensors as F32.
+ *
+ * like (may be NULL) is the checkpoint the model was loaded from: its naming is used (naming
+ * must then be -1 or the same), its vision tower must have the model's shapes, and every other
+ * tensor it holds (the text tower, logit_scale, position ids, RoPE tables) is carried over
+ * byte for byte, in its order, with its metadata, so open_clip, Hugging Face and detectors
+ * built on them load the result as they loaded the original. Without like, naming < 0 means
+ * open_clip for CLIP and EVA's for EVA02. The metadata records heads, eps and act / rope_grid
+ * so the file loads back to the same model. An EVA02 model exports only in EVA names (and a
+ * CLIP model only in open_clip or HF names). */
+int vit_export_safetensors(const Vit *m, const char *path, int naming, const char *like);
 
 #endif

@@ -9,6 +9,7 @@
 
 #include "check.h"
 #include "checkpoint.h"
+#include "h5util.h"
 #include "ops.h"
 #include "progress.h"
 #include "stage.h"
@@ -29,11 +30,33 @@ static void synth_image(float *img, int i, int H, int W) {
             }
 }
 
+typedef struct {
+    int nimg, H, W, N, E; /* N = 0: image embeddings */
+    const float *out;     /* (nimg, E) or (nimg, N, E) */
+} Dump;
+
+/* /images (nimg, 3, H, W) the inputs (regenerated: they are a function of the index alone),
+ * /out the outputs, as the model gave them. */
+static int write_dump(hid_t f, void *ctx, const char *path) {
+    const Dump *d = ctx;
+    float *img; /* (nimg, 3, H, W) */
+    CS_ALLOC(img, (size_t)d->nimg * 3 * d->H * d->W);
+    for (int i = 0; i < d->nimg; i++) synth_image(img + (size_t)i * 3 * d->H * d->W, i, d->H, d->W);
+    hsize_t di[4] = {(hsize_t)d->nimg, 3, (hsize_t)d->H, (hsize_t)d->W};
+    int rc = h5u_write(f, "images", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 4, di, img, path);
+    free(img);
+    hsize_t dout[3] = {(hsize_t)d->nimg, (hsize_t)(d->N ? d->N : d->E), (hsize_t)d->E};
+    if (rc == 0)
+        rc = h5u_write(f, "out", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, d->N ? 3 : 2, dout, d->out,
+                       path);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     Stage st;
     stage_begin(&st, "forward", &argc, &argv);
     int rank = st.rank, size = st.size;
-    const char *ckpt = NULL, *mode_s = "image";
+    const char *ckpt = NULL, *mode_s = "image", *dump = NULL;
     int H = 0, W = 0, batch = 4, nimg = 8;
     CliOpt opts[] = {
         {"checkpoint", CLI_STRING, &ckpt, "model: .h5 (clipself) or .safetensors, required"},
@@ -42,6 +65,8 @@ int main(int argc, char **argv) {
         {"width", CLI_INT, &W, "input width in pixels (0: the model's native size)"},
         {"batch", CLI_INT, &batch, "images per forward on each rank"},
         {"images", CLI_INT, &nimg, "synthetic images in all, split over the ranks"},
+        {"dump", CLI_STRING, &dump, "also write the images and full outputs to this HDF5 file "
+                                    "(/images, /out) to check against another implementation"},
     };
     if (stage_options(&st, argc, argv,
                        "Forward a ViT checkpoint over synthetic images on every MPI rank and "
@@ -72,7 +97,9 @@ int main(int argc, char **argv) {
                cs_num_threads());
     float *img = malloc((size_t)batch * 3 * H * W * sizeof(float));
     float *summary = calloc((size_t)nimg * 4, sizeof(float)); /* (nimg, 4): norm, 3 values */
-    if (!img || !summary) {
+    size_t per = (size_t)(mode == VIT_IMAGE ? 1 : N) * E; /* output floats per image */
+    float *all = dump ? calloc((size_t)nimg * per, sizeof(float)) : NULL; /* (nimg, per) */
+    if (!img || !summary || (dump && !all)) {
         fprintf(stderr, "forward: out of memory\n");
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
@@ -89,6 +116,10 @@ int main(int argc, char **argv) {
             MPI_Abort(MPI_COMM_WORLD, 2);
         }
         vit_forward(&m, img);
+        if (all)
+            for (int k = 0; k < nb; k++)
+                memcpy(all + (size_t)mine[k] * per, m.acts.out + (size_t)k * per,
+                       per * sizeof(float));
         for (int k = 0; k < nb; k++) {
             float *s = summary + (size_t)mine[k] * 4, v[3] = {0}, nrm = 0;
             if (mode == VIT_IMAGE) {
@@ -118,6 +149,17 @@ int main(int argc, char **argv) {
                    summary[4 * i + 2], summary[4 * i + 3]);
         printf("forward: %d images in %.2f s: %.2f images/s\n", nimg, slowest,
                (double)nimg / slowest);
+    }
+    if (dump) {
+        if (rank == 0) MPI_Reduce(MPI_IN_PLACE, all, (int)(nimg * per), MPI_FLOAT, MPI_SUM, 0,
+                                  MPI_COMM_WORLD);
+        else MPI_Reduce(all, NULL, (int)(nimg * per), MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD);
+        if (rank == 0) {
+            Dump d = {nimg, H, W, mode == VIT_IMAGE ? 0 : N, E, all};
+            stage_check(&st, h5u_write_file(dump, write_dump, &d), NULL);
+            printf("forward: wrote %s\n", dump);
+        }
+        free(all);
     }
     free(img);
     free(summary);

@@ -26,7 +26,8 @@ static const VitConfig TINY = {.width = 64, .layers = 2, .heads = 4, .mlp = 256,
 static int same_config(const VitConfig *a, const VitConfig *b) {
     return a->width == b->width && a->layers == b->layers && a->heads == b->heads &&
            a->mlp == b->mlp && a->embed == b->embed && a->patch == b->patch &&
-           a->grid == b->grid && a->act == b->act && a->ln_eps == b->ln_eps;
+           a->grid == b->grid && a->act == b->act && a->ln_eps == b->ln_eps &&
+           a->arch == b->arch && a->rope_grid == b->rope_grid;
 }
 
 static void describe(char *buf, size_t len, const VitConfig *c) {
@@ -396,6 +397,155 @@ static void test_h5(const char *dir) {
     free(opt.v);
 }
 
+/* The raw bytes of tensor name in path, or NULL; *dtype and *n are set. */
+static unsigned char *raw_tensor(const char *path, const char *name, char *dtype, size_t *n) {
+    SafeTensors st;
+    if (st_open(&st, path) != 0) return NULL;
+    const StTensor *t = st_find(&st, name);
+    unsigned char *buf = t ? malloc(t->end - t->begin + 1) : NULL;
+    if (buf) {
+        *n = t->end - t->begin;
+        strcpy(dtype, t->dtype);
+        if (pread(st.fd, buf, *n, (off_t)(st.data_start + t->begin)) != (ssize_t)*n) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    st_close(&st);
+    return buf;
+}
+
+/* Every tensor of a that is not in the vision tower is in b with the same dtype and bytes;
+ * returns how many were compared. */
+static int check_carried(const char *what, const char *a, const char *b, int naming) {
+    SafeTensors st;
+    if (st_open(&st, a) != 0) {
+        tu_check(0, what, cs_error());
+        return 0;
+    }
+    int compared = 0, bad = 0;
+    char detail[600] = "";
+    for (int i = 0; i < st.num_tensors; i++) {
+        const char *n = st.tensors[i].name;
+        int vision = naming == ST_NAMES_HF ? !strncmp(n, "vision_model.", 13) ||
+                                                 !strncmp(n, "visual_projection.", 18)
+                                           : !strncmp(n, "visual.", 7);
+        if (vision && !strstr(n, "rope.freqs_") && strcmp(n, "vision_model.embeddings.position_ids"))
+            continue;
+        char da[16], db[16];
+        size_t na = 0, nb = 0;
+        unsigned char *ra = raw_tensor(a, n, da, &na), *rb = raw_tensor(b, n, db, &nb);
+        if (!ra || !rb || na != nb || strcmp(da, db) || memcmp(ra, rb, na)) {
+            if (!bad++) snprintf(detail, sizeof detail, "tensor %s differs or is missing", n);
+        }
+        compared++;
+        free(ra);
+        free(rb);
+    }
+    st_close(&st);
+    snprintf(detail + strlen(detail), sizeof detail - strlen(detail), " (%d compared)", compared);
+    tu_check(bad == 0 && compared > 0, what, detail);
+    return compared;
+}
+
+static int same_bytes(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        same = ca == cb;
+        if (ca == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+/* load -> export -> load is the identity; everything else in the original is carried over;
+ * exporting the reloaded model gives the same bytes; a changed model exports its changes. */
+static void test_export(const char *dir) {
+    static const struct {
+        const char *fixture;
+        int naming;
+    } cases[] = {{"tiny.openclip.safetensors", ST_NAMES_OPENCLIP},
+                 {"tiny.hf.safetensors", ST_NAMES_HF},
+                 {"tiny.f16.safetensors", ST_NAMES_OPENCLIP},
+                 {"tiny.bf16.safetensors", ST_NAMES_OPENCLIP}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char src[1024], out[1200], out2[1200], what[300];
+        tu_fixture_path(cases[c].fixture, src, sizeof src);
+        snprintf(out, sizeof out, "%s/export.%zu.safetensors", dir, c);
+        snprintf(out2, sizeof out2, "%s/export2.%zu.safetensors", dir, c);
+        Vit a, b;
+        int rc = vit_load_safetensors(&a, src, NULL);
+        if (rc == 0) rc = vit_export_safetensors(&a, out, -1, src);
+        snprintf(what, sizeof what, "export %s like itself", cases[c].fixture);
+        tu_check(rc == 0, what, cs_error());
+        if (rc) continue;
+        int naming = -1;
+        vit_safetensors_naming(out, &naming);
+        snprintf(what, sizeof what, "%s: exported in its own naming", cases[c].fixture);
+        tu_check(naming == cases[c].naming, what, st_naming_label(naming));
+        rc = vit_load_safetensors(&b, out, NULL);
+        snprintf(what, sizeof what, "%s: load, export, load is identical", cases[c].fixture);
+        tu_check(rc == 0, what, cs_error());
+        if (rc == 0) check_identical(what, &a, &b);
+        snprintf(what, sizeof what, "%s: text tower and other tensors carried byte for byte",
+                 cases[c].fixture);
+        check_carried(what, src, out, cases[c].naming);
+        if (rc == 0) {
+            rc = vit_export_safetensors(&b, out2, -1, src);
+            snprintf(what, sizeof what, "%s: re-export is byte-identical", cases[c].fixture);
+            tu_check(rc == 0 && same_bytes(out, out2), what, rc ? cs_error() : out2);
+            vit_free(&b);
+        }
+        /* a trained student: every parameter moved */
+        for (size_t i = 0; i < a.num_params; i++) a.params_mem[i] += 1e-3f * (float)(i % 7);
+        rc = vit_export_safetensors(&a, out, -1, src);
+        if (rc == 0) rc = vit_load_safetensors(&b, out, NULL);
+        snprintf(what, sizeof what, "%s: a changed model exports its changes", cases[c].fixture);
+        tu_check(rc == 0, what, cs_error());
+        if (rc == 0) {
+            check_identical(what, &a, &b);
+            vit_free(&b);
+        }
+        vit_free(&a);
+    }
+
+    /* without a like file, in each CLIP naming */
+    Vit a, b;
+    char src[1024], out[1200];
+    CS_DIE_IF_FAIL(vit_load_safetensors(&a, tu_fixture_path("tiny.openclip.safetensors", src,
+                                                            sizeof src), NULL));
+    for (int naming = ST_NAMES_OPENCLIP; naming <= ST_NAMES_HF; naming++) {
+        char what[200];
+        snprintf(out, sizeof out, "%s/bare.%d.safetensors", dir, naming);
+        int rc = vit_export_safetensors(&a, out, naming, NULL);
+        if (rc == 0) rc = vit_load_safetensors(&b, out, NULL);
+        snprintf(what, sizeof what, "export in %s names without a like file round-trips",
+                 st_naming_label(naming));
+        tu_check(rc == 0, what, cs_error());
+        if (rc == 0) {
+            check_identical(what, &a, &b);
+            vit_free(&b);
+        }
+    }
+    /* refusals: another architecture's names, another vision tower, a naming clash */
+    snprintf(out, sizeof out, "%s/refused.safetensors", dir);
+    check_error("a CLIP model cannot take EVA names",
+                vit_export_safetensors(&a, out, ST_NAMES_EVA, NULL), "EVA02", "CLIP");
+    char b16[1024], hf[1024];
+    tu_fixture_path("b16.openclip.safetensors", b16, sizeof b16);
+    tu_fixture_path("tiny.hf.safetensors", hf, sizeof hf);
+    check_error("like with another vision tower", vit_export_safetensors(&a, out, -1, b16),
+                "another vision tower", "width 768");
+    check_error("naming that is not the like file's",
+                vit_export_safetensors(&a, out, ST_NAMES_OPENCLIP, hf), "Hugging Face",
+                "open_clip");
+    tu_check(access(out, F_OK) != 0, "a refused export writes nothing", out);
+    vit_free(&a);
+}
+
 static void remove_dir(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return;
@@ -421,6 +571,7 @@ int main(void) {
     test_bad_files();
     test_patched(dir);
     test_h5(dir);
+    test_export(dir);
     remove_dir(dir);
     return tu_finish("test_checkpoint");
 }
