@@ -20,6 +20,10 @@ job_defaults() {
   PRETRAIN_EMBED=64 PRETRAIN_PATCH=8 PRETRAIN_SIZE=64 PRETRAIN_EPOCHS=20 PRETRAIN_BATCH=32
   PRETRAIN_LR=1e-3 PRETRAIN_WD=0.1 PRETRAIN_WARMUP=50 PRETRAIN_SEED=0 PRETRAIN_SAVE_EVERY=200
   PRETRAIN_THING_WEIGHT=4 PRETRAIN_RANDOM_CROPS=2
+  # TEXT_MODEL: a .safetensors checkpoint with a text tower (usually the TEACHER): embed_text
+  # makes the dataset's class embeddings from it, a prompt ensemble over TEMPLATES (one
+  # template per line with {}; empty: "a photo of a {}.")
+  TEXT_MODEL="" TEMPLATES=""
   # Slurm resources (slurm/submit)
   PARTITION="" ACCOUNT="" QOS="" SBATCH_EXTRA=""
   CROPS_SHARDS=1 EMBED_SHARDS=1 EMBED_RANKS="" TRAIN_NODES=1 TRAIN_RANKS="" EVAL_RANKS=""
@@ -31,6 +35,10 @@ job_defaults() {
   # PICTURES=N: the student's evaluation draws its first N images (image, ground truth, the
   # teacher's and the student's per-token class maps) into RUN_DIR/pictures/<benchmark>/
   PICTURES=0
+  # the student as safetensors (RUN_DIR/student.safetensors) for PyTorch programs: in the
+  # naming of a .safetensors TEACHER with its other tensors (the text tower) carried over,
+  # else in EXPORT_NAMING (openclip | hf | eva; empty: openclip, or eva for EVA02)
+  EXPORT_NAMING=""
 }
 
 job_load() {
@@ -43,6 +51,11 @@ job_load() {
   for k in DATASET RUN_DIR; do
     [ -n "${!k:-}" ] || { echo "clipself: $JOB_FILE does not set $k" >&2; return 1; }
   done
+  if [ -n "$TEXT_MODEL" ] && [ "$TEACHER_PRETRAIN" = 1 ]; then
+    echo "clipself: $JOB_FILE sets TEXT_MODEL and TEACHER_PRETRAIN=1: the class embeddings come" \
+         "from one of them, not both" >&2
+    return 1
+  fi
   BUILD=${BUILD:-build}
   BIN=$BUILD/bin
   EMBED_RANKS=${EMBED_RANKS:-$RANKS} TRAIN_RANKS=${TRAIN_RANKS:-$RANKS}
@@ -107,7 +120,7 @@ pretrain_args() {
 stage_teacher() {
   say "teacher"
   mkdir -p "$RUN_DIR"
-  [ -n "$TEACHER" ] && return 0
+  if [ -n "$TEACHER" ]; then stage_classes; return; fi
   if [ "$TEACHER_PRETRAIN" = 1 ]; then
     pretrain_args; mpi "$RANKS"
     "${MPI[@]}" "$BIN/pretrain_teacher" "${PRETRAIN_ARGS[@]}" --resume
@@ -117,6 +130,7 @@ stage_teacher() {
       --verify >/dev/null; then
     "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" --out "$TEACHER_PATH"
   fi
+  if [ -n "$TEXT_MODEL" ]; then stage_classes; return; fi
   # placeholder class embeddings only for a dataset this job generates; random_classes never
   # replaces an existing file
   if [ -n "$DATA_DIR" ]; then
@@ -125,7 +139,7 @@ stage_teacher() {
     "$BIN/random_classes" "${D[@]}" --embed "$embed"
   fi
 }
-verify_teacher() {
+verify_teacher_model() {
   if [ -n "$TEACHER" ]; then [ -e "$TEACHER" ] || return 1; return 0; fi
   if [ "$TEACHER_PRETRAIN" = 1 ]; then
     pretrain_args
@@ -133,6 +147,35 @@ verify_teacher() {
     return
   fi
   "$BIN/init_model" --preset "$TEACHER_PRESET" --seed "$TEACHER_SEED" --out "$TEACHER_PATH" --verify
+}
+# the teacher and, with TEXT_MODEL, its class embeddings: 2 if either is stale, else 1 if
+# either is missing
+verify_teacher() {
+  local a=0 b=0
+  verify_teacher_model || a=$?
+  [ "$a" -eq 2 ] && return 2
+  verify_classes || b=$?
+  [ "$b" -eq 2 ] && return 2
+  [ "$a" -eq 0 ] && [ "$b" -eq 0 ]
+}
+
+# ---- class embeddings from a text tower (TEXT_MODEL), part of the teacher stage
+classes_args() {
+  # written to the dataset's classes file (datasets.cfg), which evaluate reads
+  CLASSES_ARGS=("${D[@]}" --model "$TEXT_MODEL")
+  [ -n "$TEMPLATES" ] && CLASSES_ARGS+=(--templates "$TEMPLATES")
+  return 0
+}
+stage_classes() {
+  [ -n "$TEXT_MODEL" ] || return 0
+  say "embed_text"
+  classes_args; mpi "$RANKS"
+  "${MPI[@]}" "$BIN/embed_text" "${CLASSES_ARGS[@]}"
+}
+verify_classes() {
+  [ -n "$TEXT_MODEL" ] || return 0
+  classes_args
+  "$BIN/embed_text" "${CLASSES_ARGS[@]}" --verify
 }
 
 # ---- sample_crops: shard S of CROPS_SHARDS (an array task), then the join
@@ -196,8 +239,23 @@ train_cmd() {
 }
 verify_train() {
   train_args
-  "$BIN/train_student" "${TRAIN_ARGS[@]}" --verify --ranks "$TRAIN_RANKS"
+  "$BIN/train_student" "${TRAIN_ARGS[@]}" --verify --ranks "$TRAIN_RANKS" || return
+  verify_export
 }
+
+# ---- export: the trained student as safetensors, run at the end of training
+export_args() {
+  EXPORT_ARGS=(--model "$TRAIN_DIR/student.h5" --out "$RUN_DIR/student.safetensors")
+  case $TEACHER_PATH in *.safetensors) EXPORT_ARGS+=(--like "$TEACHER_PATH") ;; esac
+  [ -n "$EXPORT_NAMING" ] && EXPORT_ARGS+=(--naming "$EXPORT_NAMING")
+  return 0
+}
+stage_export() {
+  say "export_model"
+  export_args
+  "$BIN/export_model" "${EXPORT_ARGS[@]}"
+}
+verify_export() { export_args; "$BIN/export_model" "${EXPORT_ARGS[@]}" --verify; }
 
 # ---- evaluate: one task per (model, benchmark) line of the manifest, then the comparison
 # manifest lines: label TAB checkpoint TAB benchmark TAB results JSON
