@@ -20,7 +20,6 @@
 #include "safetensors.h"
 
 static const char *act_names[] = {[ACT_QUICKGELU] = "quickgelu", [ACT_GELU] = "gelu"};
-static const char *arch_names[] = {[VIT_ARCH_CLIP] = "clip", [VIT_ARCH_EVA02] = "eva02"};
 #define EVA02_ACT "swiglu" /* EVA02's act attribute: its MLP is fixed, cfg.act is unused */
 
 /* The dataset name and dims of block b of tensor t (b = 0 for tensors that are not per layer). */
@@ -81,7 +80,7 @@ static int write_file(hid_t f, const Vit *m, const VitOptState *opt, const Check
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         CS_TRY(h5u_write_attr(f, ints[i].name, H5T_STD_I32LE, H5T_NATIVE_INT, &ints[i].value, path));
     int eva = c->arch == VIT_ARCH_EVA02;
-    CS_TRY(h5u_write_string_attr(f, "arch", arch_names[c->arch], path));
+    CS_TRY(h5u_write_string_attr(f, "arch", vit_arch_name(c->arch), path));
     if (eva)
         CS_TRY(h5u_write_attr(f, "rope_grid", H5T_STD_I32LE, H5T_NATIVE_INT, &c->rope_grid, path));
     CS_TRY(h5u_write_string_attr(f, "act", eva ? EVA02_ACT : act_names[c->act], path));
@@ -204,8 +203,8 @@ static int read_file(hid_t f, Vit *m, VitOptState *opt, const char *path) {
         CS_TRY(h5u_read_attr(f, ints[i].name, H5T_NATIVE_INT, ints[i].value, path));
     if (H5Aexists(f, "arch") > 0) CS_TRY(h5u_read_string_attr(f, "arch", arch, sizeof arch, path));
     c.arch = -1;
-    for (int a = 0; a < (int)(sizeof arch_names / sizeof arch_names[0]); a++)
-        if (!strcmp(arch, arch_names[a])) c.arch = a;
+    for (int a = 0; a < VIT_NUM_ARCHS; a++)
+        if (!strcmp(arch, vit_arch_name(a))) c.arch = a;
     CS_CHECK(c.arch >= 0, "%s: attribute arch = \"%s\", expected \"clip\" or \"eva02\"", path,
              arch);
     CS_TRY(h5u_read_string_attr(f, "act", act, sizeof act, path));

@@ -13,7 +13,9 @@
 /* Architectures: the open_clip / OpenAI CLIP ViT, and EVA02-CLIP's vision tower (patch bias,
  * no ln_pre, q/k/v with q and v biases, 2-D RoPE on patch tokens, sub-LN in attention,
  * SwiGLU MLP with its LayerNorm, head with bias). */
-enum { VIT_ARCH_CLIP = 0, VIT_ARCH_EVA02 = 1 };
+enum { VIT_ARCH_CLIP = 0, VIT_ARCH_EVA02 = 1, VIT_NUM_ARCHS };
+/* "clip" or "eva02" (as in checkpoints); NULL for an unknown value */
+const char *vit_arch_name(int arch);
 
 typedef struct {
     int arch;     /* VIT_ARCH_CLIP or VIT_ARCH_EVA02 */

@@ -8,6 +8,11 @@
 #include "ops.h"
 #include "vit.h"
 
+const char *vit_arch_name(int arch) {
+    static const char *names[VIT_NUM_ARCHS] = {[VIT_ARCH_CLIP] = "clip", [VIT_ARCH_EVA02] = "eva02"};
+    return arch >= 0 && arch < VIT_NUM_ARCHS ? names[arch] : NULL;
+}
+
 int vit_config_check(const VitConfig *c) {
     CS_CHECK(c->width > 0 && c->layers > 0 && c->heads > 0 && c->mlp > 0 && c->embed > 0 &&
                  c->patch > 0 && c->grid > 0,
