@@ -1,6 +1,6 @@
 /* activation.c: the MLP activations, QuickGELU x*sigmoid(1.702x) (OpenAI weights) and the
- * exact erf GELU x*Phi(x) = 0.5*x*(1+erf(x/sqrt(2))) (other open_clip weights), forward and
- * backward.
+ * exact erf GELU x*Phi(x) = 0.5*x*(1+erf(x/sqrt(2))) (other open_clip weights), and EVA02's
+ * SwiGLU gate silu(x1) * x2, forward and backward.
  *
  * They run on the whole (B*T, F) MLP hidden tensor, tens of millions of elements per layer, and
  * libm's expf/erff are scalar calls the compiler cannot vectorise. So the exponential is written
@@ -105,6 +105,38 @@ void act_backward(float *dinp, const float *dout, const float *inp, size_t n, in
             double x = inp[i];
             double pdf = INV_SQRT2PI * exp_d(-0.5 * x * x);
             dinp[i] += (float)(dout[i] * (normal_cdf(x) + x * pdf));
+        }
+    }
+}
+
+/* silu(x) = x * sigmoid(x) and its derivative s * (1 + x * (1 - s)), s = sigmoid(x). */
+void swiglu_forward(float *out, const float *inp, int N, int F) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x1 = inp + (size_t)n * 2 * F, *x2 = x1 + F; /* (F), (F) */
+        float *y = out + (size_t)n * F;                        /* (F) */
+#pragma omp simd
+        for (int i = 0; i < F; i++) {
+            double x = x1[i];
+            float silu = (float)(x / (1.0 + exp_d(-x)));
+            y[i] = silu * x2[i];
+        }
+    }
+}
+
+void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, int F) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x1 = inp + (size_t)n * 2 * F, *x2 = x1 + F; /* (F), (F) */
+        const float *dy = dout + (size_t)n * F;                /* (F) */
+        float *dx1 = dinp + (size_t)n * 2 * F, *dx2 = dx1 + F;  /* (F), (F) */
+#pragma omp simd
+        for (int i = 0; i < F; i++) {
+            double x = x1[i];
+            double s = 1.0 / (1.0 + exp_d(-x));
+            float silu = (float)(x * s);
+            dx1[i] += (float)((double)(dy[i] * x2[i]) * (s * (1.0 + x * (1.0 - s))));
+            dx2[i] += dy[i] * silu;
         }
     }
 }

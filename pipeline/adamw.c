@@ -51,14 +51,26 @@ void adamw_update(float *p, const float *g, float *mom1, float *mom2, size_t n, 
     }
 }
 
+static void update_range(AdamW *opt, Vit *m, size_t begin, size_t end, float lr, float wd) {
+    if (end > begin)
+        adamw_update(m->params_mem + begin, m->grads_mem + begin, opt->m + begin, opt->v + begin,
+                     end - begin, lr, opt->cfg.beta1, opt->cfg.beta2, opt->cfg.eps, wd, opt->step);
+}
+
 void adamw_step(AdamW *opt, Vit *m, float lr) {
     opt->step++;
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         if (m->frozen[i]) continue;
         const VitTensor *t = &m->tensors[i];
-        size_t o = t->offset;
-        adamw_update(m->params_mem + o, m->grads_mem + o, opt->m + o, opt->v + o, t->numel, lr,
-                     opt->cfg.beta1, opt->cfg.beta2, opt->cfg.eps,
-                     t->decay ? opt->cfg.weight_decay : 0.0f, opt->step);
+        size_t o = t->offset, end = t->offset + t->numel;
+        float wd = t->decay ? opt->cfg.weight_decay : 0.0f;
+        /* parts the backward never reaches stay untouched, as in PyTorch (vit.h: unreached) */
+        for (int r = 0; r < m->num_unreached; r++) {
+            size_t u = m->unreached[r].offset;
+            if (u < o || u >= end) continue;
+            update_range(opt, m, o, u, lr, wd);
+            o = u + m->unreached[r].count;
+        }
+        update_range(opt, m, o, end, lr, wd);
     }
 }

@@ -28,7 +28,8 @@ void adamw_free(AdamW *opt);
 double lr_at_step(double base_lr, long warmup, long total_steps, long step);
 
 /* One AdamW update of every tensor of m that is not frozen, with learning rate lr; weight decay
- * only on tensors whose table entry says so. Frozen tensors and their moments stay untouched. */
+ * only on tensors whose table entry says so. Frozen tensors and their moments stay untouched,
+ * and so do the parts the last prepared mode's backward never reaches (Vit.unreached). */
 void adamw_step(AdamW *opt, Vit *m, float lr);
 
 /* The update of one contiguous range (exposed for tests). t is the 1-based step number. */

@@ -20,6 +20,7 @@
 #include "safetensors.h"
 
 static const char *act_names[] = {[ACT_QUICKGELU] = "quickgelu", [ACT_GELU] = "gelu"};
+#define EVA02_ACT "swiglu" /* EVA02's act attribute: its MLP is fixed, cfg.act is unused */
 
 /* The dataset name and dims of block b of tensor t (b = 0 for tensors that are not per layer). */
 static void block_name(char *name, size_t len, hsize_t dims[4], const VitTensor *t, int b) {
@@ -78,7 +79,11 @@ static int write_file(hid_t f, const Vit *m, const VitOptState *opt, const Check
                 {"grid", c->grid}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         CS_TRY(h5u_write_attr(f, ints[i].name, H5T_STD_I32LE, H5T_NATIVE_INT, &ints[i].value, path));
-    CS_TRY(h5u_write_string_attr(f, "act", act_names[c->act], path));
+    int eva = c->arch == VIT_ARCH_EVA02;
+    CS_TRY(h5u_write_string_attr(f, "arch", vit_arch_name(c->arch), path));
+    if (eva)
+        CS_TRY(h5u_write_attr(f, "rope_grid", H5T_STD_I32LE, H5T_NATIVE_INT, &c->rope_grid, path));
+    CS_TRY(h5u_write_string_attr(f, "act", eva ? EVA02_ACT : act_names[c->act], path));
     CS_TRY(h5u_write_attr(f, "ln_eps", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, &c->ln_eps, path));
     CS_TRY(h5u_write_string_attr(f, "format", VIT_H5_FORMAT, path));
     CS_TRY(write_tensors(f, m, m->params_mem, path));
@@ -183,7 +188,7 @@ static int read_moments(hid_t f, const char *group, const Vit *m, float **buf, l
 }
 
 static int read_file(hid_t f, Vit *m, VitOptState *opt, const char *path) {
-    char format[64], act[64];
+    char format[64], act[64], arch[64] = "clip"; /* checkpoints before EVA02 have no arch */
     CS_TRY(h5u_read_string_attr(f, "format", format, sizeof format, path));
     CS_CHECK(!strcmp(format, VIT_H5_FORMAT), "%s: format \"%s\", expected \"%s\"", path, format,
              VIT_H5_FORMAT);
@@ -196,12 +201,25 @@ static int read_file(hid_t f, Vit *m, VitOptState *opt, const char *path) {
                 {"grid", &c.grid}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         CS_TRY(h5u_read_attr(f, ints[i].name, H5T_NATIVE_INT, ints[i].value, path));
+    if (H5Aexists(f, "arch") > 0) CS_TRY(h5u_read_string_attr(f, "arch", arch, sizeof arch, path));
+    c.arch = -1;
+    for (int a = 0; a < VIT_NUM_ARCHS; a++)
+        if (!strcmp(arch, vit_arch_name(a))) c.arch = a;
+    CS_CHECK(c.arch >= 0, "%s: attribute arch = \"%s\", expected \"clip\" or \"eva02\"", path,
+             arch);
     CS_TRY(h5u_read_string_attr(f, "act", act, sizeof act, path));
-    c.act = -1;
-    for (int a = 0; a < (int)(sizeof act_names / sizeof act_names[0]); a++)
-        if (!strcmp(act, act_names[a])) c.act = a;
-    CS_CHECK(c.act >= 0, "%s: attribute act = \"%s\", expected \"quickgelu\" or \"gelu\"", path,
-             act);
+    if (c.arch == VIT_ARCH_EVA02) {
+        CS_CHECK(!strcmp(act, EVA02_ACT), "%s: attribute act = \"%s\", expected \"" EVA02_ACT
+                 "\" for arch eva02", path, act);
+        c.act = 0;
+        CS_TRY(h5u_read_attr(f, "rope_grid", H5T_NATIVE_INT, &c.rope_grid, path));
+    } else {
+        c.act = -1;
+        for (int a = 0; a < (int)(sizeof act_names / sizeof act_names[0]); a++)
+            if (!strcmp(act, act_names[a])) c.act = a;
+        CS_CHECK(c.act >= 0, "%s: attribute act = \"%s\", expected \"quickgelu\" or \"gelu\"",
+                 path, act);
+    }
     CS_TRY(h5u_read_attr(f, "ln_eps", H5T_NATIVE_FLOAT, &c.ln_eps, path));
     if (vit_init(m, &c) != 0) return cs_error_context("%s", path);
     CS_TRY(read_tensors(f, "", m, m->params_mem, path));

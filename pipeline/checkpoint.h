@@ -2,9 +2,16 @@
  *
  * Layout, readable by h5py (format "clipself-vit-1"):
  *   /                    attributes width, layers, heads, mlp, embed, patch, grid (int32),
- *                        act ("quickgelu" | "gelu"), ln_eps (float32), format
- *   /<open_clip name>    one float32 dataset per tensor with its real shape; per-layer tensors
- *                        one per block, e.g. visual.transformer.resblocks.3.attn.in_proj_weight
+ *                        arch ("clip" | "eva02"; a file without it is "clip", as every
+ *                        checkpoint written before EVA02 support), rope_grid (int32, eva02
+ *                        only), act ("quickgelu" | "gelu"; "swiglu" for eva02, whose MLP is
+ *                        fixed), ln_eps (float32), format
+ *   /<name>              one float32 dataset per tensor of the architecture with its real
+ *                        shape, named as in vit_tensors() (vit.h): open_clip's names for clip,
+ *                        EVA's for eva02 (its fused q|k|v as visual.blocks.N.attn.qkv.{weight,
+ *                        bias} with the k bias rows zero, w1|w2 as visual.blocks.N.mlp.w12.
+ *                        {weight,bias}); per-layer tensors one per block, e.g.
+ *                        visual.transformer.resblocks.3.attn.in_proj_weight
  *   /adamw_m/<name>      AdamW first moments, same names and shapes (optional)
  *   /adamw_v/<name>      second moments; both groups carry the attribute step (int64)
  *   /<extra name>        optional float32 datasets of other training state (CheckpointExtra)

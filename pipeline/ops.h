@@ -38,6 +38,11 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout, co
 enum { ACT_QUICKGELU = 0, ACT_GELU = 1 }; /* x*sigmoid(1.702x); exact erf GELU */
 void act_forward(float *out, const float *inp, size_t n, int kind);
 void act_backward(float *dinp, const float *dout, const float *inp, size_t n, int kind);
+/* EVA02's SwiGLU gate on the fused w1|w2 pre-activation inp (N, 2F), each row x1 (F) | x2 (F):
+ * out (N, F) = silu(x1) * x2, silu(x) = x * sigmoid(x). */
+void swiglu_forward(float *out, const float *inp, int N, int F);
+/* dinp (N, 2F) += */
+void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, int F);
 
 /* ---- attention.c ------------------------------------------------------------------------ */
 /* Multi-head softmax attention on a fused qkv tensor, rows q|k|v:
@@ -50,6 +55,24 @@ void attention_forward(float *out, float *lse, const float *qkv, float *scratch,
                        int C, int H);
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
                         const float *lse, float *scratch, int B, int T, int C, int H);
+
+/* ---- rope.c ----------------------------------------------------------------------------- */
+/* EVA02's 2-D rotary position embedding (EVA-CLIP VisionRotaryEmbeddingFast, theta 1e4), for
+ * heads of D channels (D divisible by 4) on a gh x gw token grid whose positional side at
+ * pretraining was G: grid row i sits at position i * G / gh, column j at j * G / gw.
+ * Tables cos, sin (gh + gw, D/2): row i < gh holds the angles of grid row i, row gh + j those
+ * of grid column j; channels 2k and 2k+1 both turn by position * theta^(-2k / (D/2)). */
+void rope_tables(float *cos, float *sin, int gh, int gw, int D, int G);
+/* In place on the patch tokens of x (B, 1 + gh*gw, ld), tokens row-major over the grid after
+ * the class token (row 0, untouched): each of H heads, channels [h*D, (h+1)*D) of a row, turns
+ * its first D/2 channels by the token's grid row and its last D/2 by its column; a pair
+ * (x0, x1) becomes x * cos + (-x1, x0) * sin. */
+void rope_forward(float *x, const float *cos, const float *sin, int B, int gh, int gw, int H,
+                  int D, int ld);
+/* The rotation's backward is its inverse: unlike the other backward functions it transforms the
+ * gradient dx (B, 1 + gh*gw, ld) in place instead of accumulating into another buffer. */
+void rope_backward(float *dx, const float *cos, const float *sin, int B, int gh, int gw, int H,
+                   int D, int ld);
 
 /* ---- patch_embed.c ---------------------------------------------------------------------- */
 /* Convolution with kernel = stride = P and no bias, as im2col + gemm.

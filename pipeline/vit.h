@@ -1,4 +1,5 @@
-/* vit.h: the CLIP vision transformer (open_clip layout) with its forward and backward passes.
+/* vit.h: the CLIP vision transformer (open_clip layout) and EVA02-CLIP's vision tower, with
+ * their forward and backward passes.
  *
  * All parameters live in one flat buffer described by vit_tensors(); gradients and the AdamW
  * moments use the same layout, so the optimiser, the gradient all-reduce and checkpoint I/O are
@@ -12,7 +13,9 @@
 /* Architectures: the open_clip / OpenAI CLIP ViT, and EVA02-CLIP's vision tower (patch bias,
  * no ln_pre, q/k/v with q and v biases, 2-D RoPE on patch tokens, sub-LN in attention,
  * SwiGLU MLP with its LayerNorm, head with bias). */
-enum { VIT_ARCH_CLIP = 0, VIT_ARCH_EVA02 = 1 };
+enum { VIT_ARCH_CLIP = 0, VIT_ARCH_EVA02 = 1, VIT_NUM_ARCHS };
+/* "clip" or "eva02" (as in checkpoints); NULL for an unknown value */
+const char *vit_arch_name(int arch);
 
 typedef struct {
     int arch;     /* VIT_ARCH_CLIP or VIT_ARCH_EVA02 */
@@ -83,25 +86,33 @@ typedef struct {
 
 /* Forward modes. */
 enum {
-    VIT_IMAGE = 0, /* image embedding: all blocks, ln_post on the class token, @ proj -> (B, E) */
-    VIT_DENSE = 1  /* "v2" dense map: last block value-only, ln_post + proj on every patch token,
-                      L2-normalised -> (B, gh*gw, E); the class token is dropped */
+    VIT_IMAGE = 0, /* image embedding: all blocks, ln_post on the class token, @ proj (EVA02:
+                      norm, head) -> (B, E) */
+    VIT_DENSE = 1  /* "v2" dense map: last block value-only, ln_post + proj (EVA02: norm, head)
+                      on every patch token, L2-normalised -> (B, gh*gw, E); the class token is
+                      dropped */
 };
 
-/* Activations kept for the backward; sizes for the shape given to vit_prepare. */
+/* Activations kept for the backward; sizes for the shape given to vit_prepare. F' = F (CLIP)
+ * or 2F (EVA02, w1|w2); D = C / H. Buffers an architecture does not use are NULL. */
 typedef struct {
     float *cols;       /* (B*N, 3*P*P) im2col of the image, N = gh*gw */
     float *pos;        /* (T, C) positional embedding at this grid (resized if gh,gw != G0) */
-    float *x0;         /* (B, T, C) patch + class + position, input of ln_pre */
-    float *lnpre_mean, *lnpre_rstd; /* (B, T) */
+    float *rope_cos, *rope_sin; /* EVA02: (gh + gw, D/2) RoPE angles of each grid row, then
+                                   of each grid column (rope_tables in ops.h) */
+    float *x0;         /* CLIP: (B, T, C) patch + class + position, input of ln_pre */
+    float *lnpre_mean, *lnpre_rstd; /* CLIP: (B, T) */
     float *xin;        /* (L+1, B, T, C) input of each block; xin[L] = output of the last */
     float *ln1_mean, *ln1_rstd; /* (L, B, T) */
-    float *qkv;        /* (L, B, T, 3C); dense mode's last block fills only v */
-    float *atty;       /* (L, B, T, C) attention output before out_proj */
+    float *qkv;        /* (L, B, T, 3C), EVA02 with q and k rotated; unused by dense mode's
+                          last block */
+    float *atty;       /* (L, B, T, C) attention output (EVA02: before inner_attn_ln) */
     float *lse;        /* (L, B, H, T) attention log-sum-exp */
+    float *attnln_mean, *attnln_rstd; /* EVA02: (L, B, T) inner_attn_ln */
     float *xmid;       /* (L, B, T, C) block input + attention branch */
     float *ln2_mean, *ln2_rstd; /* (L, B, T) */
-    float *fch;        /* (L, B, T, F) MLP pre-activation */
+    float *fch;        /* (L, B, T, F') MLP pre-activation (EVA02: w1 x | w2 x) */
+    float *ffnln_mean, *ffnln_rstd; /* EVA02: (L, B, T) ffn_ln */
     float *lnpost;     /* (B, Tp, C) ln_post output, Tp = 1 (image) or N (dense) */
     float *lnpost_mean, *lnpost_rstd; /* (B, Tp) */
     float *projout;    /* (B, Tp, E) before normalisation */
@@ -109,13 +120,15 @@ typedef struct {
     float *out;        /* (B, E) image embedding or (B, N, E) normalised dense map */
     /* scratch, recomputed or reused per layer */
     float *ln;         /* (B, T, C) */
-    float *fca;        /* (B, T, F) activated MLP hidden */
+    float *fca;        /* (B, T, F) activated MLP hidden (EVA02: silu(w1 x) * w2 x) */
+    float *ffn;        /* EVA02: (B, T, F) ffn_ln output */
     float *attn_scratch; /* attention_scratch_floats(T) */
     /* gradients of activations (backward only) */
     float *dx, *dx2;   /* (B, T, C) */
     float *dqkv;       /* (B, T, 3C) */
     float *datty;      /* (B, T, C) */
-    float *dfch;       /* (B, T, F) */
+    float *dfch;       /* (B, T, F') */
+    float *dffn;       /* EVA02: (B, T, F) gradient of the ffn_ln output */
     float *dlnpost;    /* (B, Tp, C) */
     float *dprojout;   /* (B, Tp, E) */
 } VitActs;
@@ -132,21 +145,32 @@ typedef struct {
     /* shape of the current activations */
     int mode, B, H, W, gh, gw, T;
     int train;         /* activations for the backward were kept */
+    /* Parts of the parameters that a backward in this mode never reaches and that PyTorch holds
+     * as parameters of their own, so they get no gradient at all there and torch's AdamW leaves
+     * them untouched, weight decay included: EVA02's dense path does not use the last block's
+     * q_proj, k_proj and q_bias (rows q|k of its qkv). CLIP's fused in_proj does get a (zero)
+     * gradient for those rows, and is decayed. In offset order; the optimiser skips them. */
+    struct { size_t offset, count; } unreached[2];
+    int num_unreached;
     VitActs acts;
     float *acts_mem;
     size_t acts_capacity; /* floats in acts_mem */
 } Vit;
 
 int vit_config_check(const VitConfig *cfg);
+/* The shapes of the named models: "tiny" (64 wide, 2 blocks, patch 8, GELU), "b16", "l14"
+ * (OpenAI CLIP ViT-B/16 and L/14-336), "eva-tiny" (64 wide, 2 blocks, 4 heads, mlp 170, patch
+ * 8, RoPE grid 16), "eva-b16", "eva-l14" (EVA02-CLIP-B/16 and L/14-336). */
+int vit_preset(VitConfig *cfg, const char *name);
 /* Allocate the parameters (zeroed) for cfg. */
 int vit_init(Vit *m, const VitConfig *cfg);
 void vit_free(Vit *m);
 /* Allocate the gradient buffer (zeroed). */
 int vit_alloc_grads(Vit *m);
 void vit_zero_grad(Vit *m);
-/* CLIPSelf trains the transformer blocks only: the patch embedding, class token, positional
- * embedding, ln_pre, ln_post and proj are frozen (the reference's open_clip lock() with as many
- * unlocked groups as blocks). */
+/* CLIPSelf trains the transformer blocks only: the patch embedding (EVA02: with its bias),
+ * class token, positional embedding, ln_pre, ln_post and proj (EVA02: norm, head weight and
+ * bias) are frozen (the reference's open_clip lock() with as many unlocked groups as blocks). */
 void vit_freeze_clipself(Vit *m);
 /* Deterministic random initialisation (for tests and the synthetic world). */
 void vit_init_random(Vit *m, unsigned long long seed);

@@ -8,6 +8,11 @@
 #include "ops.h"
 #include "vit.h"
 
+const char *vit_arch_name(int arch) {
+    static const char *names[VIT_NUM_ARCHS] = {[VIT_ARCH_CLIP] = "clip", [VIT_ARCH_EVA02] = "eva02"};
+    return arch >= 0 && arch < VIT_NUM_ARCHS ? names[arch] : NULL;
+}
+
 int vit_config_check(const VitConfig *c) {
     CS_CHECK(c->width > 0 && c->layers > 0 && c->heads > 0 && c->mlp > 0 && c->embed > 0 &&
                  c->patch > 0 && c->grid > 0,
@@ -15,9 +20,49 @@ int vit_config_check(const VitConfig *c) {
              c->width, c->layers, c->heads, c->mlp, c->embed, c->patch, c->grid);
     CS_CHECK(c->width % c->heads == 0, "width %d is not divisible by heads %d", c->width,
              c->heads);
-    CS_CHECK(c->act == ACT_QUICKGELU || c->act == ACT_GELU, "unknown activation %d", c->act);
+    if (c->arch == VIT_ARCH_EVA02) {
+        /* RoPE turns pairs of channels in each half of a head */
+        CS_CHECK(c->width / c->heads % 4 == 0, "EVA02 needs a head dimension divisible by 4 for "
+                 "its 2-D RoPE, got width %d / heads %d = %d", c->width, c->heads,
+                 c->width / c->heads);
+        CS_CHECK(c->rope_grid > 0, "EVA02 needs the RoPE pretraining grid side (rope_grid, 16 "
+                 "for B/16 and L/14-336), got %d", c->rope_grid);
+    } else {
+        CS_CHECK(c->arch == VIT_ARCH_CLIP, "unknown ViT architecture %d", c->arch);
+        CS_CHECK(c->act == ACT_QUICKGELU || c->act == ACT_GELU, "unknown activation %d", c->act);
+    }
     CS_CHECK(c->ln_eps > 0.0f, "layernorm eps must be positive, got %g", (double)c->ln_eps);
     return 0;
+}
+
+int vit_preset(VitConfig *c, const char *name) {
+    static const struct {
+        const char *name;
+        VitConfig cfg;
+    } presets[] = {
+        {"tiny", {.width = 64, .layers = 2, .heads = 4, .mlp = 256, .embed = 32, .patch = 8,
+                  .grid = 8, .act = ACT_GELU, .ln_eps = 1e-5f}},
+        {"b16", {.width = 768, .layers = 12, .heads = 12, .mlp = 3072, .embed = 512, .patch = 16,
+                 .grid = 14, .act = ACT_QUICKGELU, .ln_eps = 1e-5f}},
+        {"l14", {.width = 1024, .layers = 24, .heads = 16, .mlp = 4096, .embed = 768,
+                 .patch = 14, .grid = 24, .act = ACT_QUICKGELU, .ln_eps = 1e-5f}},
+        /* EVA02's MLP is 8/3 of the width (2048 for B/16, 2730 for L/14); its RoPE was
+         * pretrained on a 16 x 16 grid whatever the positional embedding's */
+        {"eva-tiny", {.arch = VIT_ARCH_EVA02, .width = 64, .layers = 2, .heads = 4, .mlp = 170,
+                      .embed = 32, .patch = 8, .grid = 8, .ln_eps = 1e-6f, .rope_grid = 16}},
+        {"eva-b16", {.arch = VIT_ARCH_EVA02, .width = 768, .layers = 12, .heads = 12,
+                     .mlp = 2048, .embed = 512, .patch = 16, .grid = 14, .ln_eps = 1e-6f,
+                     .rope_grid = 16}},
+        {"eva-l14", {.arch = VIT_ARCH_EVA02, .width = 1024, .layers = 24, .heads = 16,
+                     .mlp = 2730, .embed = 768, .patch = 14, .grid = 24, .ln_eps = 1e-6f,
+                     .rope_grid = 16}},
+    };
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+        if (!strcmp(name, presets[i].name)) {
+            *c = presets[i].cfg;
+            return 0;
+        }
+    CS_FAIL("unknown model preset '%s' (tiny, b16, l14, eva-tiny, eva-b16 or eva-l14)", name);
 }
 
 static void set(VitTensor *t, const char *name, int per_layer, int decay, int ndim, int d0, int d1,
@@ -141,8 +186,10 @@ void vit_free(Vit *m) {
 
 void vit_freeze_clipself(Vit *m) {
     memset(m->frozen, 0, sizeof m->frozen);
-    static const int frozen[] = {VIT_CONV1_W,   VIT_CLASS_EMB, VIT_POS_EMB, VIT_LN_PRE_W,
-                                 VIT_LN_PRE_B,  VIT_LN_POST_W, VIT_LN_POST_B, VIT_PROJ};
+    /* tensors of the other architecture are in the list too: they are empty */
+    static const int frozen[] = {VIT_CONV1_W,  VIT_PATCH_B,   VIT_CLASS_EMB, VIT_POS_EMB,
+                                 VIT_LN_PRE_W, VIT_LN_PRE_B,  VIT_LN_POST_W, VIT_LN_POST_B,
+                                 VIT_PROJ,     VIT_HEAD_B};
     for (size_t i = 0; i < sizeof frozen / sizeof frozen[0]; i++) m->frozen[frozen[i]] = 1;
 }
 
@@ -158,11 +205,12 @@ static float uniform(unsigned long long *s) { return (float)((next_u64(s) >> 40)
 
 void vit_init_random(Vit *m, unsigned long long seed) {
     unsigned long long s = seed;
+    /* tensors of size 0 draw no numbers: a CLIP model's stream is the same as before EVA02 */
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         const VitTensor *t = &m->tensors[i];
         float *p = m->params_mem + t->offset;
         int is_norm_w = i == VIT_LN_PRE_W || i == VIT_LN1_W || i == VIT_LN2_W ||
-                        i == VIT_LN_POST_W;
+                        i == VIT_LN_POST_W || i == VIT_ATTN_LN_W || i == VIT_FFN_LN_W;
         int fan_in = t->ndim >= 2 ? (int)(t->numel / (t->per_layer ? m->cfg.layers : 1) /
                                           (size_t)t->shape[0])
                                   : m->cfg.width;
@@ -172,5 +220,10 @@ void vit_init_random(Vit *m, unsigned long long seed) {
             float u = 2.0f * uniform(&s) - 1.0f;
             p[j] = is_norm_w ? 1.0f + 0.1f * u : (t->ndim == 1 ? 0.02f * u : scale * u);
         }
+    }
+    if (m->cfg.arch == VIT_ARCH_EVA02) { /* EVA02 has no k bias: the k third of qkv_b is 0 */
+        int C = m->cfg.width;
+        for (int l = 0; l < m->cfg.layers; l++)
+            memset(m->params.qkv_b + (size_t)l * 3 * C + C, 0, (size_t)C * sizeof(float));
     }
 }

@@ -91,10 +91,10 @@ int main(int argc, char **argv) {
     stage_check(&st, vit_prepare(&m, mode, batch, H, W, 0), NULL);
     int N = m.gh * m.gw;
     if (rank == 0)
-        printf("forward: %s: width %d, %d layers, %d heads, patch %d; %s mode at %dx%d, %d "
-               "images over %d ranks x %d threads\n",
-               ckpt, c->width, c->layers, c->heads, c->patch, mode_s, H, W, nimg, size,
-               cs_num_threads());
+        printf("forward: %s: %s, width %d, %d layers, %d heads, patch %d; %s mode at %dx%d, "
+               "%d images over %d ranks x %d threads\n",
+               ckpt, vit_arch_name(c->arch), c->width, c->layers, c->heads, c->patch, mode_s, H,
+               W, nimg, size, cs_num_threads());
     float *img = malloc((size_t)batch * 3 * H * W * sizeof(float));
     float *summary = calloc((size_t)nimg * 4, sizeof(float)); /* (nimg, 4): norm, 3 values */
     size_t per = (size_t)(mode == VIT_IMAGE ? 1 : N) * E; /* output floats per image */

@@ -435,7 +435,7 @@ int main(int argc, char **argv) {
     Stage st;
     stage_begin(&st, "pretrain_teacher", &argc, &argv);
     const char *cfg = "datasets.cfg", *name = NULL, *ann = NULL, *out = NULL, *classes_out = NULL;
-    const char *run = NULL, *act = "gelu", *png_opt = NULL, *dump_path = NULL;
+    const char *run = NULL, *act = "gelu", *png_opt = NULL, *dump_path = NULL, *arch = "clip";
     VitConfig c = {.width = 128, .layers = 4, .heads = 4, .mlp = 512, .embed = 64, .patch = 8,
                    .ln_eps = 1e-5f};
     int size = 64, seed = 0, epochs = 20, batch = 32, warmup = 50, save_every = 500, keep = 2;
@@ -467,7 +467,11 @@ int main(int argc, char **argv) {
         {"patch", CLI_INT, &c.patch, "patch size"},
         {"size", CLI_INT, &size, "input side (the positional grid is size / patch; evaluate "
                                  "crops at it by default)"},
-        {"act", CLI_STRING, &act, "MLP activation: gelu | quickgelu"},
+        {"arch", CLI_STRING, &arch, "clip (open_clip ViT) | eva02 (EVA02-CLIP's vision tower: "
+                                    "RoPE, sub-LN, SwiGLU MLP, LayerNorm eps 1e-6)"},
+        {"act", CLI_STRING, &act, "MLP activation of clip: gelu | quickgelu"},
+        {"rope-grid", CLI_INT, &c.rope_grid, "eva02: the RoPE grid side (0: the positional "
+                                             "grid, size / patch)"},
         {"seed", CLI_INT, &seed, "seed of the initialisation, the sample order and the jitter"},
         {"epochs", CLI_INT, &epochs, "epochs to train"},
         {"batch", CLI_INT, &batch, "samples per rank per step"},
@@ -511,17 +515,21 @@ int main(int argc, char **argv) {
                      "--run-dir are required");
         stage_die(&st, "see --help");
     }
+    c.arch = !strcmp(arch, "clip") ? VIT_ARCH_CLIP : !strcmp(arch, "eva02") ? VIT_ARCH_EVA02 : -1;
     c.act = !strcmp(act, "gelu") ? ACT_GELU : !strcmp(act, "quickgelu") ? ACT_QUICKGELU : -1;
-    if (c.act < 0 || size < 1 || c.patch < 1 || size % c.patch || epochs < 1 || batch < 1 ||
-        warmup < 0 || save_every < 1 || keep < 1 || random_crops < 0 ||
+    if (c.arch == VIT_ARCH_EVA02) c.act = 0, c.ln_eps = 1e-6f; /* SwiGLU; EVA's eps */
+    if (c.arch < 0 || c.act < 0 || c.rope_grid < 0 || size < 1 || c.patch < 1 || size % c.patch ||
+        epochs < 1 || batch < 1 || warmup < 0 || save_every < 1 || keep < 1 || random_crops < 0 ||
         !(thing_weight > 0.0f && thing_weight < 1e6f) ||
         !(logit_scale >= 1.0f && logit_scale <= 100.0f)) {
-        cs_error_set(__FILE__, __LINE__, "need --act gelu|quickgelu, --size a multiple of "
+        cs_error_set(__FILE__, __LINE__, "need --arch clip|eva02, --act gelu|quickgelu, "
+                     "--rope-grid >= 0, --size a multiple of "
                      "--patch, epochs, batch, save-every and keep >= 1, warmup and random-crops "
                      ">= 0, a thing weight > 0 and a logit scale in [1, 100]");
         stage_die(&st, "see --help");
     }
     c.grid = size / c.patch;
+    if (c.arch == VIT_ARCH_EVA02 && c.rope_grid == 0) c.rope_grid = c.grid;
     signal(SIGTERM, on_signal);
     signal(SIGUSR1, on_signal);
     Dataset ds;
@@ -572,13 +580,17 @@ int main(int argc, char **argv) {
     }
     /* What a resumed run must share with the run it continues: anything else would change the
      * model, the schedule, the data or the arithmetic. */
-    char signature[1024], sigpath[4200], path[4200];
+    char signature[1024], sigpath[4200], path[4200], model_sig[96];
+    if (c.arch == VIT_ARCH_EVA02) /* a CLIP run's signature is what it was before EVA02 */
+        snprintf(model_sig, sizeof model_sig, "swiglu arch=eva02 rope_grid=%d", c.rope_grid);
+    else
+        snprintf(model_sig, sizeof model_sig, "%s", act);
     snprintf(signature, sizeof signature,
              "ranks=%d batch=%d epochs=%d seed=%d lr=%.9g wd=%.9g warmup=%d size=%d width=%d "
              "layers=%d heads=%d mlp=%d embed=%d patch=%d act=%s logit_scale=%.9g fixed=%d "
              "dataset=%s annotations=%016llx pngs=%016llx thing_weight=%.9g random_crops=%d\n",
              verify && ranks > 0 ? ranks : st.size, batch, epochs, seed, (double)lr, (double)wd,
-             warmup, size, c.width, c.layers, c.heads, c.mlp, c.embed, c.patch, act,
+             warmup, size, c.width, c.layers, c.heads, c.mlp, c.embed, c.patch, model_sig,
              (double)logit_scale, fixed_scale, name, (unsigned long long)adig,
              (unsigned long long)pdig, (double)thing_weight, random_crops);
     snprintf(sigpath, sizeof sigpath, "%s/run.txt", run);
@@ -707,10 +719,11 @@ int main(int argc, char **argv) {
         printf("pretrain_teacher: %d images, %d categories; %d samples per epoch (%d things, %d "
                "stuff, %d whole images, %d random boxes); targets: visible pixels x (%g for a "
                "thing, 1 for stuff); %d ranks x %d, %ld steps per epoch, %d epochs, %ld steps; "
-               "ViT %d wide, %d blocks, %zu parameters, input %d\n",
+               "ViT (%s) %d wide, %d blocks, %zu parameters, input %d\n",
                pan.num_images, K, nsamples, counts[KIND_THING], counts[KIND_STUFF],
                counts[KIND_IMAGE], counts[KIND_RANDOM], (double)thing_weight, st.size, batch,
-               per_epoch, epochs, total, c.width, c.layers, m.num_params + nh, S);
+               per_epoch, epochs, total, vit_arch_name(c.arch), c.width, c.layers,
+               m.num_params + nh, S);
         if (dump_path) {
             ld.dump = fopen(dump_path, "w");
             if (!ld.dump) {

@@ -696,6 +696,116 @@ static void test_maskpool(hid_t f) {
     free(mp.feat), free(mp.out), free(mp.g), free(mp.mask), free(gf), free(pf), free(af);
 }
 
+/* ---- SwiGLU ------------------------------------------------------------------------------- */
+
+static struct {
+    int N, F;
+    float *inp, *out, *g;
+} sw;
+
+static double swiglu_loss(void) {
+    swiglu_forward(sw.out, sw.inp, sw.N, sw.F);
+    return dot_d(sw.out, sw.g, (size_t)sw.N * sw.F);
+}
+
+static void test_swiglu(hid_t f) {
+    int N = 7, F = 45;
+    size_t ni = (size_t)N * 2 * F, no = (size_t)N * F;
+    float *inp = fx(f, "swiglu/inp", ni), *dout = fx(f, "swiglu/dout", no);
+    float *out = alloc_f(no), *dinp = alloc_f(ni);
+    swiglu_forward(out, inp, N, F);
+    float *want = fx(f, "swiglu/out", no);
+    close_named("swiglu", "out vs torch", out, want, no, 1e-5f, 1e-6f);
+    free(want);
+    swiglu_backward(dinp, dout, inp, N, F);
+    want = fx(f, "swiglu/dinp", ni);
+    close_named("swiglu", "dinp vs torch", dinp, want, ni, 1e-5f, 1e-6f);
+    free(want), free(inp), free(dout), free(out), free(dinp);
+
+    sw.N = 3, sw.F = 10;
+    ni = (size_t)sw.N * 2 * sw.F, no = (size_t)sw.N * sw.F;
+    sw.inp = rand_f(ni, 4.0f), sw.out = alloc_f(no), sw.g = rand_f(no, 1.0f);
+    float *gi = alloc_f(ni);
+    swiglu_backward(gi, sw.g, sw.inp, sw.N, sw.F);
+    check_fd("swiglu dinp", sw.inp, ni, gi, swiglu_loss, 1e-3f, FD_RTOL, FD_ATOL);
+    float *pi = rand_f(ni, 1.0f), *ai = copy_f(pi, ni);
+    swiglu_backward(ai, sw.g, sw.inp, sw.N, sw.F);
+    check_accum("swiglu dinp", ai, pi, gi, ni);
+    free(sw.inp), free(sw.out), free(sw.g), free(gi), free(pi), free(ai);
+}
+
+/* ---- RoPE --------------------------------------------------------------------------------- */
+
+static struct {
+    int B, gh, gw, H, D;
+    float *cos, *sin, *inp, *x, *g;
+} rp;
+
+/* L = sum(rope(inp) * g) on q and k of a fused qkv, as the ViT applies it */
+static double rope_loss(void) {
+    size_t n = (size_t)rp.B * (1 + rp.gh * rp.gw) * 3 * rp.H * rp.D;
+    memcpy(rp.x, rp.inp, n * sizeof(float));
+    rope_forward(rp.x, rp.cos, rp.sin, rp.B, rp.gh, rp.gw, 2 * rp.H, rp.D, 3 * rp.H * rp.D);
+    return dot_d(rp.x, rp.g, n);
+}
+
+static void test_rope(hid_t f) {
+    const char *cases[] = {"sq", "ns"};
+    for (int k = 0; k < 2; k++) {
+        char obj[64], path[128];
+        snprintf(obj, sizeof obj, "rope/%s", cases[k]);
+        int B = fx_int(f, obj, "B"), gh = fx_int(f, obj, "gh"), gw = fx_int(f, obj, "gw");
+        int H = fx_int(f, obj, "H"), D = fx_int(f, obj, "D"), G = fx_int(f, obj, "G");
+        int N = gh * gw, half = D / 2, C = H * D;
+        size_t nx = (size_t)B * (N + 1) * 3 * C;
+        float *ct = alloc_f((size_t)(gh + gw) * half), *st = alloc_f((size_t)(gh + gw) * half);
+        rope_tables(ct, st, gh, gw, D, G);
+        /* EVA's (N, D) tables from the per-axis ones: row part, then column part */
+        float *cfull = alloc_f((size_t)N * D), *sfull = alloc_f((size_t)N * D);
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < D; i++) {
+                size_t r = i < half ? (size_t)(n / gw) : (size_t)(gh + n % gw);
+                cfull[(size_t)n * D + i] = ct[r * half + i % half];
+                sfull[(size_t)n * D + i] = st[r * half + i % half];
+            }
+#define RP_FX(name, cnt) (snprintf(path, sizeof path, "%s/" name, obj), fx(f, path, cnt))
+        float *want = RP_FX("cos", (size_t)N * D);
+        close_named(obj, "cos table vs EVA's", cfull, want, (size_t)N * D, 1e-6f, 1e-6f);
+        free(want);
+        want = RP_FX("sin", (size_t)N * D);
+        close_named(obj, "sin table vs EVA's", sfull, want, (size_t)N * D, 1e-6f, 1e-6f);
+        free(want);
+        float *x = RP_FX("qkv", nx);
+        rope_forward(x, ct, st, B, gh, gw, 2 * H, D, 3 * C);
+        want = RP_FX("out", nx);
+        close_named(obj, "out vs torch", x, want, nx, 1e-5f, 1e-6f);
+        free(want), free(x);
+        float *dx = RP_FX("dout", nx);
+        rope_backward(dx, ct, st, B, gh, gw, 2 * H, D, 3 * C);
+        want = RP_FX("dqkv", nx);
+        close_named(obj, "dqkv vs torch", dx, want, nx, 1e-5f, 1e-6f);
+#undef RP_FX
+        free(want), free(dx), free(ct), free(st), free(cfull), free(sfull);
+    }
+
+    /* finite differences on a non-square grid with a position scale that is not an integer */
+    rp.B = 2, rp.gh = 2, rp.gw = 3, rp.H = 2, rp.D = 8;
+    int half = rp.D / 2;
+    size_t nx = (size_t)rp.B * (1 + rp.gh * rp.gw) * 3 * rp.H * rp.D;
+    rp.cos = alloc_f((size_t)(rp.gh + rp.gw) * half), rp.sin = alloc_f((size_t)(rp.gh + rp.gw) * half);
+    rope_tables(rp.cos, rp.sin, rp.gh, rp.gw, rp.D, 7);
+    rp.inp = rand_f(nx, 1.0f), rp.x = alloc_f(nx), rp.g = rand_f(nx, 1.0f);
+    float *gi = copy_f(rp.g, nx);
+    rope_backward(gi, rp.cos, rp.sin, rp.B, rp.gh, rp.gw, 2 * rp.H, rp.D, 3 * rp.H * rp.D);
+    check_fd("rope dqkv", rp.inp, nx, gi, rope_loss, 1e-3f, FD_RTOL, FD_ATOL);
+    /* forward then backward is the identity (a rotation), to rounding */
+    memcpy(rp.x, rp.inp, nx * sizeof(float));
+    rope_forward(rp.x, rp.cos, rp.sin, rp.B, rp.gh, rp.gw, 2 * rp.H, rp.D, 3 * rp.H * rp.D);
+    rope_backward(rp.x, rp.cos, rp.sin, rp.B, rp.gh, rp.gw, 2 * rp.H, rp.D, 3 * rp.H * rp.D);
+    close_named("rope", "backward(forward(x)) = x", rp.x, rp.inp, nx, 1e-6f, 1e-6f);
+    free(rp.cos), free(rp.sin), free(rp.inp), free(rp.x), free(rp.g), free(gi);
+}
+
 int main(void) {
     hid_t f = tu_open_fixture("ops.h5");
     test_gemm();
@@ -708,6 +818,8 @@ int main(void) {
     test_normalize(f);
     test_roi_align(f);
     test_maskpool(f);
+    test_swiglu(f);
+    test_rope(f);
     H5Fclose(f);
     return tu_finish("test_ops");
 }

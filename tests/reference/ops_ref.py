@@ -29,6 +29,14 @@ Tensors are stored in the channel-last layouts of ops.h (float32 unless said oth
   /attention_long        the same with B 1, T 300, C 16, H 2 and larger scores
   /patch_embed           attr P; img (B, 3, H, W), w (C, 3, P, P), out (B, gh*gw, C), dout,
                          dw (C, 3, P, P), dimg (B, 3, H, W)
+  /swiglu                inp (N, 2F) rows x1|x2 in [-8, 8]; out (N, F) = silu(x1) * x2
+                         (F.silu); dout (N, F), dinp (N, 2F); N 7, F 45
+  /rope/<name>           attrs B, gh, gw, H, D, G; EVA-CLIP's VisionRotaryEmbeddingFast applied
+                         to q and k of a fused qkv (B, 1+gh*gw, 3*H*D) (rows q|k|v, class
+                         token first and not rotated); cos, sin (gh*gw, D) EVA's tables for
+                         the grid (positions i*G/gh, j*G/gw); out (B, T, 3HD); dout, dqkv
+                         (B, T, 3HD); "sq" 1 x 4x4 grid H 2 D 16 G 4, "ns" 2 x 3x5 grid
+                         H 3 D 8 G 16
 """
 import argparse
 import os
@@ -225,6 +233,56 @@ def patch_embed(f):
         put(g, k, v)
 
 
+def swiglu(f):
+    g = f.create_group("swiglu")
+    N, Fh = 7, 45
+    inp = leaf((torch.rand(N, 2 * Fh) * 2 - 1) * 8)
+    x1, x2 = inp.split(Fh, dim=-1)
+    out = F.silu(x1) * x2
+    dout, dinp = grads(out, inp)
+    for k, v in (("inp", inp), ("out", out), ("dout", dout), ("dinp", dinp)):
+        put(g, k, v)
+
+
+def eva_rope_tables(gh, gw, D, G, theta=10000.0):
+    """EVA-CLIP's VisionRotaryEmbeddingFast tables (dim = D/2 per axis), for a gh x gw grid."""
+    dim = D // 2
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[:(dim // 2)].float() / dim))
+    rows = torch.einsum("i,f->if", torch.arange(gh) / gh * G, freqs).repeat_interleave(2, -1)
+    cols = torch.einsum("j,f->jf", torch.arange(gw) / gw * G, freqs).repeat_interleave(2, -1)
+    table = torch.cat([rows[:, None, :].expand(gh, gw, dim),
+                       cols[None, :, :].expand(gh, gw, dim)], dim=-1).reshape(gh * gw, D)
+    return table.cos(), table.sin()
+
+
+def rotate_half(x):
+    x = x.reshape(*x.shape[:-1], -1, 2)
+    x1, x2 = x.unbind(dim=-1)
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+def rope(f):
+    top = f.create_group("rope")
+    for name, B, gh, gw, H, D, G in (("sq", 1, 4, 4, 2, 16, 4), ("ns", 2, 3, 5, 3, 8, 16)):
+        g = top.create_group(name)
+        C, T = H * D, 1 + gh * gw
+        cos, sin = eva_rope_tables(gh, gw, D, G)
+        qkv = leaf(torch.randn(B, T, 3 * C))
+        q, k, v = (t.reshape(B, T, H, D).transpose(1, 2) for t in qkv.split(C, dim=-1))
+
+        def apply(t):  # EVA's Attention: class token kept, patch tokens rotated
+            rot = t[:, :, 1:] * cos + rotate_half(t[:, :, 1:]) * sin
+            return torch.cat([t[:, :, :1], rot], dim=2).transpose(1, 2).reshape(B, T, C)
+
+        out = torch.cat([apply(q), apply(k), v.transpose(1, 2).reshape(B, T, C)], dim=-1)
+        dout, dqkv = grads(out, qkv)
+        for k_, v_ in dict(B=B, gh=gh, gw=gw, H=H, D=D, G=G).items():
+            g.attrs[k_] = v_
+        for k_, v_ in (("cos", cos), ("sin", sin), ("qkv", qkv), ("out", out), ("dout", dout),
+                       ("dqkv", dqkv)):
+            put(g, k_, v_)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
@@ -234,7 +292,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with h5py.File(os.path.join(args.out, "ops.h5"), "w") as f:
         for op in (layernorm, act, bicubic, roi_align, maskpool, l2norm, cosine, linear,
-                   attention, patch_embed):
+                   attention, patch_embed, swiglu, rope):
             op(f)
 
 
