@@ -546,6 +546,71 @@ static void test_export(const char *dir) {
     vit_free(&a);
 }
 
+/* EVA02-CLIP names: the loader maps EVA's separate q/k/v, w1/w2, (1, 1, C) cls_token and
+ * (E, C) head onto the flat layout exactly as the PyTorch reference fuses them (its .model.h5
+ * in the project's own format); the export writes them back, RoPE tables carried over. */
+static void test_eva(const char *dir) {
+    const char *cases[] = {"eva_tiny", "eva_b16"};
+    for (int c = 0; c < 2; c++) {
+        char st[1024], h5[1024], name[64], out[1200], out2[1200], what[300];
+        snprintf(name, sizeof name, "%s.eva.safetensors", cases[c]);
+        tu_fixture_path(name, st, sizeof st);
+        snprintf(name, sizeof name, "%s.model.h5", cases[c]);
+        tu_fixture_path(name, h5, sizeof h5);
+        Vit a, ref, b;
+        int rc = vit_load_safetensors(&a, st, NULL);
+        snprintf(what, sizeof what, "%s: load EVA names", cases[c]);
+        tu_check(rc == 0, what, cs_error());
+        if (rc) continue;
+        snprintf(what, sizeof what, "%s: EVA02 with rope grid and eps from the metadata",
+                 cases[c]);
+        tu_check(a.cfg.arch == VIT_ARCH_EVA02 && a.cfg.rope_grid > 0, what, "");
+        CS_DIE_IF_FAIL(vit_load_h5(&ref, h5, NULL));
+        snprintf(what, sizeof what, "%s: EVA names load to the reference's fused layout",
+                 cases[c]);
+        check_identical(what, &ref, &a);
+        vit_free(&ref);
+        int naming = -1;
+        vit_safetensors_naming(st, &naming);
+        snprintf(what, sizeof what, "%s: detected as EVA02-CLIP names", cases[c]);
+        tu_check(naming == ST_NAMES_EVA, what, st_naming_label(naming));
+
+        snprintf(out, sizeof out, "%s/%s.export.safetensors", dir, cases[c]);
+        snprintf(out2, sizeof out2, "%s/%s.export2.safetensors", dir, cases[c]);
+        rc = vit_export_safetensors(&a, out, -1, st);
+        if (rc == 0) rc = vit_load_safetensors(&b, out, NULL);
+        snprintf(what, sizeof what, "%s: load, export, load is identical", cases[c]);
+        tu_check(rc == 0, what, cs_error());
+        if (rc == 0) {
+            check_identical(what, &a, &b);
+            rc = vit_export_safetensors(&b, out2, -1, st);
+            snprintf(what, sizeof what, "%s: re-export is byte-identical", cases[c]);
+            tu_check(rc == 0 && same_bytes(out, out2), what, rc ? cs_error() : out2);
+            vit_free(&b);
+        }
+        snprintf(what, sizeof what, "%s: RoPE tables carried byte for byte", cases[c]);
+        check_carried(what, st, out, ST_NAMES_EVA);
+        /* without a like file: EVA names by default */
+        rc = vit_export_safetensors(&a, out, -1, NULL);
+        if (rc == 0) rc = vit_load_safetensors(&b, out, NULL);
+        snprintf(what, sizeof what, "%s: export without a like file round-trips", cases[c]);
+        tu_check(rc == 0, what, cs_error());
+        if (rc == 0) {
+            check_identical(what, &a, &b);
+            vit_free(&b);
+        }
+        if (c == 0) {
+            check_error("an EVA02 model cannot take open_clip names",
+                        vit_export_safetensors(&a, out, ST_NAMES_OPENCLIP, NULL), "open_clip",
+                        "EVA02");
+            a.params.qkv_b[a.cfg.width] = 0.5f; /* block 0's k bias */
+            check_error("a non-zero k bias cannot be written in EVA names",
+                        vit_export_safetensors(&a, out, -1, NULL), "k bias", "block 0");
+        }
+        vit_free(&a);
+    }
+}
+
 static void remove_dir(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return;
@@ -572,6 +637,7 @@ int main(void) {
     test_patched(dir);
     test_h5(dir);
     test_export(dir);
+    test_eva(dir);
     remove_dir(dir);
     return tu_finish("test_checkpoint");
 }

@@ -18,6 +18,8 @@ rc=$?
 check "the shortened demo exits 0" test "$rc" -eq 0
 check "it pretrained the teacher (epoch lines with train accuracy)" grep -q 'train top-1 things' "$log"
 check "it evaluated teacher and student" test "$(grep -cE '^\| rois \| [0-9-]' "$log")" -eq 2
+check "it exported the student as safetensors (export_model --verify)" \
+  "${BUILD:-build}/bin/export_model" --model "$R/train/student.h5" --out "$R/student.safetensors" --verify
 check "it printed the before/after table" grep -q '^### Before/after on demo-ci: teacher -> student' "$log"
 for who in teacher student; do
   check "eval/$who@demo-ci.json is complete" "$PY" -c "

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # test_export.sh: export_model end to end. A model that is not the original (a fresh tiny
 # model standing in for a trained student, in the project's HDF5 format) is exported with the
-# names of the checkpoint it "came from", and the PyTorch reference loads the exported file and
-# reproduces what the C model computes (forward --dump), in image and dense mode, square and
-# non-square; the text tower is carried over; --verify says ok / missing / stale.
+# names of the checkpoint it "came from" (open_clip, Hugging Face, EVA02-CLIP), and the PyTorch
+# reference loads the exported file and reproduces what the C model computes (forward --dump),
+# in image and dense mode, square and non-square; the text tower is carried over; --verify
+# says ok / missing / stale. (Round trips and byte-identity: test_checkpoint.)
 set -uo pipefail
 BIN=${BUILD:-build}/bin
 FIX=${FIXTURES:-build/fixtures}
@@ -42,6 +43,20 @@ assert meta.get("format") == "pt", meta
 print("carried", len(text), "tensors")
 PYEOF
   then ok; else bad "text tower carried over ($like)"; fi
+done
+
+# EVA02: a fresh eva-tiny model exported like the EVA fixture (RoPE tables carried over)
+run "$BIN/init_model" --preset eva-tiny --seed 5 --out "$T/eva.h5"
+check "export an EVA02 student like an EVA02-CLIP checkpoint" "$BIN/export_model" \
+  --model "$T/eva.h5" --like "$FIX/eva_tiny.eva.safetensors" --out "$T/eva.safetensors"
+for shape in "64 64" "48 80"; do
+  set -- $shape
+  for mode in image dense; do
+    run "$BIN/forward" --checkpoint "$T/eva.h5" --mode $mode --height $1 --width $2 --images 3 \
+      --batch 2 --dump "$T/dump.h5"
+    if "$PY" tests/reference/export_check.py --model "$T/eva.safetensors" --dump "$T/dump.h5" \
+         --mode $mode >>"$T/log" 2>&1; then ok; else bad "PyTorch reproduces C from the EVA02 export ($mode, $1x$2)"; fi
+  done
 done
 
 # 2 ranks: forward's dump gathers every rank's images

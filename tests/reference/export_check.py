@@ -86,10 +86,23 @@ def clip_model(t, meta, naming):
 
 
 def eva_model(t, meta):
-    import eva_ref  # the EVA02-CLIP reference (tests/reference/eva_ref.py)
+    """EVA02-CLIP's vision tower (tests/reference/eva_ref.py) from EVA names; the RoPE tables
+    in the file are derived buffers, rebuilt by the model."""
+    import eva_ref
     s = {k[len("visual."):]: v for k, v in t.items()
          if k.startswith("visual.") and "rope.freqs_" not in k}
-    return eva_ref.model_from_state(s, meta)
+    width = s["cls_token"].shape[-1]
+    cfg = dict(width=width,
+               layers=1 + max(int(k.split(".")[1]) for k in s if k.startswith("blocks.")),
+               heads=int(meta.get("clipself.heads", width // 64)),
+               mlp=s["blocks.0.mlp.w1.weight"].shape[0], embed=s["head.weight"].shape[0],
+               patch=s["patch_embed.proj.weight"].shape[2],
+               grid=int(round((s["pos_embed"].shape[1] - 1) ** 0.5)),
+               rope_grid=int(meta.get("clipself.rope_grid", "16")),
+               ln_eps=float(meta.get("clipself.ln_eps", "1e-6")))
+    m = eva_ref.EVAVisionTransformer(**cfg)
+    m.load_state_dict(s, strict=True)
+    return m
 
 
 def main():
