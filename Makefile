@@ -97,13 +97,14 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB)
 # ---- fixtures from the PyTorch reference --------------------------------------------------
 FIXTURES := build/fixtures
 SHARED ?= $(CURDIR)/../shared
-$(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/ops_ref.py tests/reference/coco_ref.py tests/reference/image_ref.py tests/reference/contrastive_ref.py
+$(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/ops_ref.py tests/reference/coco_ref.py tests/reference/image_ref.py tests/reference/contrastive_ref.py tests/reference/text_ref.py
 	@mkdir -p $(FIXTURES)
 	$(PYTHON) tests/reference/contrastive_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/ops_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/vit_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/coco_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/image_ref.py --out $(FIXTURES) --data $(SHARED)/data
+	$(PYTHON) tests/reference/text_ref.py --out $(FIXTURES) --data $(SHARED)/data
 	@touch $@
 
 # ---- tests -------------------------------------------------------------------------------
