@@ -121,7 +121,9 @@ int textenc_forward(TextEncoder *m, float *out, const int *tokens, int B);
  * The vision tower (visual.*, vision_model.*) and logit_scale in the same file are ignored.
  * width, layers, mlp, embed, vocab and context come from the shapes. heads: metadata
  * "clipself.text_heads", else width / 64 (every OpenAI and open_clip text tower). act:
- * metadata "clipself.text_act", else "clipself.act" ("quickgelu" | "gelu"), else QuickGELU.
+ * metadata "clipself.text_act", else "clipself.act" ("quickgelu" | "gelu"), else QuickGELU
+ * (OpenAI's weights) for open_clip and Hugging Face names and GELU for EVA-CLIP names (every
+ * EVA-CLIP text tower is built with nn.GELU).
  * ln_eps: metadata "clipself.text_ln_eps", else 1e-5 (the vision tower's clipself.ln_eps is
  * not used: EVA's vision tower has 1e-6, its text tower 1e-5).
  * A file without a text tower, a missing, mis-shaped or unexpected tensor (under the naming's

@@ -171,7 +171,9 @@ static int infer_config(const SafeTensors *st, int naming, TextConfig *c) {
              "gives no head for text width %d", st->path, c->width);
     const char *act = st_metadata(st, "clipself.text_act"), *key = "clipself.text_act";
     if (!act) act = st_metadata(st, "clipself.act"), key = "clipself.act";
-    c->act = ACT_QUICKGELU;
+    /* OpenAI's towers (and open_clip's "-quickgelu" models) use QuickGELU; every EVA-CLIP
+     * text tower is built with nn.GELU */
+    c->act = naming == NAMING_EVA ? ACT_GELU : ACT_QUICKGELU;
     if (act) {
         CS_CHECK(!strcmp(act, "quickgelu") || !strcmp(act, "gelu"), "%s: metadata %s = \"%s\", "
                  "expected \"quickgelu\" or \"gelu\"", st->path, key, act);

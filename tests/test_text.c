@@ -266,6 +266,7 @@ static void test_text_tower(void) {
     hid_t f = tu_open_fixture("text.h5");
     check_tower(f, "tiny", "text_tiny.openclip.safetensors", "open_clip");
     check_tower(f, "tiny", "text_tiny.eva.safetensors", "EVA-CLIP");
+    check_tower(f, "tiny", "text_tiny.eva_noact.safetensors", "EVA-CLIP");
     check_tower(f, "tiny", "text_tiny.hf.safetensors", "Hugging Face");
     check_tower(f, "small", "text_small.openclip.safetensors", "open_clip");
     check_tower(f, "textvis", "textvis.safetensors", "open_clip");

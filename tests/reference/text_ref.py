@@ -30,6 +30,7 @@ Fixtures (all in --out)
                     "ln_final", "text_projection" (C, E)) and "logit_scale";
                     metadata clipself.text_heads = "4", clipself.act = "gelu".
     text_tiny.eva.safetensors       the same under "text." (EVA-CLIP), logit_scale top-level.
+    text_tiny.eva_noact.safetensors the same without clipself.act: EVA-CLIP names mean GELU.
     text_tiny.hf.safetensors        Hugging Face CLIPModel names: text_model.embeddings.
                     {token_embedding.weight, position_embedding.weight, position_ids (I64)},
                     text_model.encoder.layers.N.{layer_norm1, self_attn.{q,k,v,out}_proj,
@@ -359,6 +360,10 @@ def write_tower(f, out, name, cfg, seed, g, extra_named=(), extra_meta=None, tok
         files.append(os.path.join(out, "text_tiny.eva.safetensors"))
         vit_ref.st_write(files[-1], vit_ref.st_entries([("text." + n, t) for n, t in named] +
                                                        scale), meta)
+        files.append(os.path.join(out, "text_tiny.eva_noact.safetensors"))
+        vit_ref.st_write(files[-1], vit_ref.st_entries([("text." + n, t) for n, t in named] +
+                                                       scale),
+                         {"clipself.text_heads": meta["clipself.text_heads"]})
         files.append(os.path.join(out, "text_tiny.hf.safetensors"))
         pos_ids = ("text_model.embeddings.position_ids", "I64", (1, cfg["context"]),
                    vit_ref.st_bytes(torch.arange(cfg["context"]).reshape(1, -1), "I64"))
