@@ -4,6 +4,7 @@
  * file that evaluate reads (pipeline/classes.h). Classes are split over ranks (class k on rank
  * k % size, all of a class's prompts in one batch); rank 0 writes the file atomically. */
 #include <limits.h>
+#include <stdint.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include "classes.h"
 #include "coco.h"
 #include "datasets.h"
+#include "digest.h"
 #include "ops.h"
 #include "progress.h"
 #include "prompts.h"
@@ -38,6 +40,33 @@ static void default_bpe(char *dst, size_t len) {
         if (slash) *slash = 0;
     }
     snprintf(dst, len, "%s/../shared/%s", exe, BPE_FILE);
+}
+
+/* sig = the inputs' digests and the settings, as the output's source attribute ends: what
+ * --verify compares (file names may change, contents may not). */
+static int inputs_signature(char *sig, size_t len, const char *model, const char *cats,
+                            const char *tmpl, const char *bpe, int plain) {
+    const char *paths[4] = {model, cats, tmpl, bpe};
+    uint64_t d[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 4; i++)
+        if (paths[i]) CS_TRY(file_digest(&d[i], paths[i]));
+    snprintf(sig, len, "[inputs: model %016llx, classes %016llx, templates %016llx, bpe %016llx, "
+             "%s]", (unsigned long long)d[0], (unsigned long long)d[1], (unsigned long long)d[2],
+             (unsigned long long)d[3], plain ? "plain prompts" : "\"This is \" prompts");
+    return 0;
+}
+
+/* The end of a --verify run: out must hold these classes' embeddings made from these inputs. */
+static int verify_output(const char *out, const CocoCategories *cats, const char *sig) {
+    ClassEmbeddings ce;
+    CS_TRY(classes_read(&ce, out, cats));
+    classes_free(&ce);
+    char source[8192];
+    CS_TRY(classes_source(source, sizeof source, out));
+    const char *found = strstr(source, "[inputs:");
+    CS_CHECK(found && !strcmp(found, sig), "%s was made from other inputs or settings: %s; this "
+             "run's are %s", out, found ? found : "(no input digests)", sig);
+    return 0;
 }
 
 /* Every prompt of every class, tokenized: tokens (K * P, ctx). Over-long prompts are truncated
@@ -68,7 +97,7 @@ int main(int argc, char **argv) {
     default_bpe(bpe_buf, sizeof bpe_buf);
     const char *model_path = NULL, *cats_path = NULL, *name = NULL, *cfg = "datasets.cfg";
     const char *tmpl_path = NULL, *out = NULL, *bpe = bpe_buf;
-    int plain = 0;
+    int plain = 0, verify = 0;
     CliOpt opts[] = {
         {"model", CLI_STRING, &model_path, "safetensors checkpoint with a text tower: open_clip, "
                                            "EVA-CLIP (text.*) or Hugging Face (text_model.*) "
@@ -88,6 +117,9 @@ int main(int argc, char **argv) {
         {"bpe", CLI_STRING, &bpe, "the CLIP BPE merges file"},
         {"out", CLI_STRING, &out, "class-embedding file to write; an existing one is replaced "
                                   "(atomically: a failed run leaves it as it was)"},
+        {"verify", CLI_FLAG, &verify, "only check that --out holds these classes' embeddings "
+                                      "made from these files and settings (exit 0), is missing "
+                                      "(1) or not (2)"},
     };
     if (stage_options(&st, argc, argv,
                       "Class embeddings from a CLIP text tower, for evaluate: each class name x "
@@ -124,6 +156,18 @@ int main(int argc, char **argv) {
     stage_check(&st, class_names_read(&cats, cats_path), NULL);
     Templates tm;
     stage_check(&st, tmpl_path ? templates_read(&tm, tmpl_path) : templates_default(&tm), NULL);
+    char sig[512] = "";
+    if (verify) {
+        int rc = 0;
+        if (st.rank == 0) {
+            rc = inputs_signature(sig, sizeof sig, model_path, cats_path, tmpl_path, bpe, plain);
+            if (!rc) rc = verify_output(out, &cats, sig);
+        }
+        stage_verified(&st, rc, out);
+    }
+    if (st.rank == 0)
+        stage_check(&st, inputs_signature(sig, sizeof sig, model_path, cats_path, tmpl_path, bpe,
+                                          plain), NULL);
     Tokenizer *tk;
     stage_check(&st, tokenizer_load(&tk, bpe), "give the CLIP merges file with --bpe");
     TextEncoder m;
@@ -163,12 +207,13 @@ int main(int argc, char **argv) {
     MPI_Reduce(emb, all, K * E, MPI_FLOAT, MPI_SUM, 0, MPI_COMM_WORLD);
     if (st.rank == 0) {
         progress_done(&prog, K);
-        char source[4096];
-        snprintf(source, sizeof source, "embed_text: text tower of %s (%s names); %d template(s) "
-                 "from %s%s; BPE %s; each prompt embedding L2-normalised, averaged over the "
-                 "templates, renormalised", model_path, m.naming, P,
+        char source[8192];
+        snprintf(source, sizeof source, "embed_text: text tower of %s (%s names); classes of %s; "
+                 "%d template(s) from %s%s; BPE %s; each prompt embedding L2-normalised, averaged "
+                 "over the templates, renormalised %s", model_path, m.naming, cats_path, P,
                  tmpl_path ? tmpl_path : "the default \"" PROMPTS_DEFAULT_TEMPLATE "\"",
-                 plain ? " as written" : ", \"This is \" before prompts starting with a/the", bpe);
+                 plain ? " as written" : ", \"This is \" before prompts starting with a/the", bpe,
+                 sig);
         stage_check(&st, classes_write(out, &cats, all, E, source), NULL);
         printf("embed_text: %d classes x %d written to %s\n", K, E, out);
     }

@@ -4,8 +4,8 @@
 # the 133 real COCO panoptic categories x OpenAI's 80 templates on 1 and 2 ranks (identical
 # files) against text_ref.py's PyTorch ensemble (normalise, average, renormalise); a text file
 # of names with '_', '/' and non-ASCII; the synthetic dataset through --dataset, then evaluate
-# on the same file as model; the replaced --out; an over-long prompt named on stderr; and bad
-# inputs (no file written). Ends with "test_embed_text: N passed, N failed".
+# on the same file as model; the replaced --out; an over-long prompt named on stderr; --verify;
+# and bad inputs (no file written). Ends with "test_embed_text: N passed, N failed".
 set -u
 BUILD=${BUILD:-build}
 BIN=$BUILD/bin
@@ -90,6 +90,20 @@ run "$BIN/evaluate" --datasets "$T/datasets.cfg" --dataset t --model "$MODEL" --
 check "evaluate: reads embed_text's classes with the same file as vision model" "$PY" -c "
 import json, sys
 r = json.load(open('$T/ev.json')); sys.exit(0 if r['segments'] > 0 and len(r['metrics']) == 12 else 1)"
+
+# ---- --verify: 0 complete and made from these inputs, 1 missing, 2 otherwise ----
+vcode() { local want=$1 name=$2; shift 2; "$@" --verify >/dev/null 2>&1; check "$name (exit $want)" test $? -eq "$want"; }
+V=("$BIN/embed_text" "${E[@]}" --categories "$CATS" --templates "$TPL")
+vcode 0 "embed_text --verify: the file of these inputs" "${V[@]}" --out "$T/coco1.h5"
+vcode 0 "embed_text --verify: made on 2 ranks" "${V[@]}" --out "$T/coco2.h5"
+vcode 1 "embed_text --verify: missing" "${V[@]}" --out "$T/none.h5"
+vcode 2 "embed_text --verify: other templates" "${V[@]/$TPL/$T/tpl.txt}" --out "$T/coco1.h5"
+vcode 2 "embed_text --verify: plain prompts" "${V[@]}" --plain-prompts --out "$T/coco1.h5"
+vcode 2 "embed_text --verify: another text tower" "${V[@]/$MODEL/$FIX/text_tiny.eva.safetensors}" --out "$T/coco1.h5"
+vcode 2 "embed_text --verify: other classes" "$BIN/embed_text" "${E[@]}" --categories "$T/names.txt" --templates "$TPL" --out "$T/coco1.h5"
+head -c 3000 "$T/coco1.h5" >"$T/trunc.h5"
+vcode 2 "embed_text --verify: a truncated file" "${V[@]}" --out "$T/trunc.h5"
+vcode 0 "embed_text --verify: --dataset's classes file" "$BIN/embed_text" "${E[@]}" --datasets "$T/datasets.cfg" --dataset t
 
 # ---- bad inputs: a clear error naming the file, non-zero exit, nothing written ----
 # fails NAME NEEDLE ARGS...: embed_text exits non-zero, says NEEDLE, and writes no $T/bad.h5
