@@ -40,6 +40,8 @@ HAVE_MPI  := $(shell command -v mpicc >/dev/null 2>&1 && echo yes)
 HAVE_JPEG := $(shell pkg-config --exists libjpeg && echo yes)
 HAVE_PNG  := $(shell pkg-config --exists libpng && echo yes)
 HAVE_YAJL := $(shell pkg-config --exists yajl && echo yes)
+HAVE_ICU  := $(shell pkg-config --exists icu-uc icu-i18n && echo yes)
+HAVE_ZLIB := $(shell pkg-config --exists zlib && echo yes)
 HAVE_TORCH := $(shell $(PYTHON) -c 'import torch, torchvision, h5py' >/dev/null 2>&1 && echo yes)
 ifeq ($(MAKELEVEL),0)
 $(call probe,BLIS (OpenMP build) $(BLIS_INC),$(HAVE_BLIS))
@@ -48,11 +50,14 @@ $(call probe,HDF5 parallel (hdf5-openmpi),$(HAVE_HDF5))
 $(call probe,libjpeg-turbo,$(HAVE_JPEG))
 $(call probe,libpng,$(HAVE_PNG))
 $(call probe,yajl (JSON),$(HAVE_YAJL))
+$(call probe,ICU (tokenizer: Unicode lower-casing and pattern),$(HAVE_ICU))
+$(call probe,zlib (tokenizer: gzip merges file),$(HAVE_ZLIB))
 $(call probe,PyTorch + torchvision + h5py ($(PYTHON)),$(HAVE_TORCH))
 endif
 
-CFLAGS += -isystem $(BLIS_INC) -Ipipeline $(shell pkg-config --cflags hdf5-openmpi yajl libpng libjpeg 2>/dev/null)
-LDLIBS := $(BLIS_LIB) $(shell pkg-config --libs hdf5-openmpi yajl libpng libjpeg 2>/dev/null) \
+PKGS := hdf5-openmpi yajl libpng libjpeg icu-uc icu-i18n zlib
+CFLAGS += -isystem $(BLIS_INC) -Ipipeline $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS := $(BLIS_LIB) $(shell pkg-config --libs $(PKGS) 2>/dev/null) \
           -lpthread $(LDLIBS)
 
 # ---- the library -------------------------------------------------------------------------
@@ -100,7 +105,9 @@ $(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/eva_ref.py tests/r
 	$(PYTHON) tests/reference/eva_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/coco_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/image_ref.py --out $(FIXTURES) --data $(SHARED)/data
+	$(PYTHON) tests/reference/text_ref.py --out $(FIXTURES) --data $(SHARED)/data
 	@touch $@
+$(FIXTURES)/.done: tests/reference/text_ref.py
 
 # ---- tests -------------------------------------------------------------------------------
 .PHONY: all check test test-san deps demo bench clean

@@ -89,6 +89,21 @@ int classes_read(ClassEmbeddings *ce, const char *path, const CocoCategories *ca
     return rc;
 }
 
+typedef struct {
+    char *buf;
+    size_t len;
+} SourceIO;
+
+static int source_cb(hid_t f, void *ctx, const char *path) {
+    SourceIO *io = ctx;
+    return h5u_read_string_attr(f, "source", io->buf, io->len, path);
+}
+
+int classes_source(char *buf, size_t len, const char *path) {
+    SourceIO io = {buf, len};
+    return h5u_read_file(path, "class-embedding file", source_cb, &io);
+}
+
 void classes_free(ClassEmbeddings *ce) {
     free(ce->emb);
     free(ce->category_id);

@@ -23,5 +23,7 @@ int classes_write(const char *path, const CocoCategories *cats, const float *emb
 /* Read and check that the ids are exactly those of cats, in order. */
 int classes_read(ClassEmbeddings *ce, const char *path, const CocoCategories *cats);
 void classes_free(ClassEmbeddings *ce);
+/* buf (len) = the file's source attribute (how the embeddings were made). */
+int classes_source(char *buf, size_t len, const char *path);
 
 #endif

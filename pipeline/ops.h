@@ -55,6 +55,11 @@ void attention_forward(float *out, float *lse, const float *qkv, float *scratch,
                        int C, int H);
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
                         const float *lse, float *scratch, int B, int T, int C, int H);
+/* Causal (text tower) forward: query t attends to keys 0..t only; lse (B, H, T) over those
+ * keys. Same qkv layout, output and scratch as attention_forward. Forward only: the text tower
+ * is never trained here. */
+void attention_forward_causal(float *out, float *lse, const float *qkv, float *scratch, int B,
+                              int T, int C, int H);
 
 /* ---- rope.c ----------------------------------------------------------------------------- */
 /* EVA02's 2-D rotary position embedding (EVA-CLIP VisionRotaryEmbeddingFast, theta 1e4), for
