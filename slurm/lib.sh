@@ -22,7 +22,7 @@ job_defaults() {
   PRETRAIN_THING_WEIGHT=4 PRETRAIN_RANDOM_CROPS=2
   # TEXT_MODEL: a .safetensors checkpoint with a text tower (usually the TEACHER): embed_text
   # makes the dataset's class embeddings from it, a prompt ensemble over TEMPLATES (one
-  # template per line with {}; empty: "a photo of a {}.")
+  # template per line with {}; empty: the reference's "a photo of {article} {}.")
   TEXT_MODEL="" TEMPLATES=""
   # Slurm resources (slurm/submit)
   PARTITION="" ACCOUNT="" QOS="" SBATCH_EXTRA=""

@@ -25,13 +25,13 @@
 
 #define BPE_FILE "data/clip/bpe_simple_vocab_16e6.txt.gz"
 
-/* The merges file of the shared data folder beside the repository: this binary is
- * <repo>/build*\/bin/embed_text and the folder <repo>/../shared. */
+/* The merges file kept in the repository (data/clip/, from OpenAI's CLIP, MIT licence): this
+ * binary is <repo>/build*\/bin/embed_text. */
 static void default_bpe(char *dst, size_t len) {
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) {
-        snprintf(dst, len, "../shared/%s", BPE_FILE);
+        snprintf(dst, len, "%s", BPE_FILE);
         return;
     }
     exe[n] = 0;
@@ -39,7 +39,7 @@ static void default_bpe(char *dst, size_t len) {
         char *slash = strrchr(exe, '/');
         if (slash) *slash = 0;
     }
-    snprintf(dst, len, "%s/../shared/%s", exe, BPE_FILE);
+    snprintf(dst, len, "%s/%s", exe, BPE_FILE);
 }
 
 /* sig = the inputs' digests and the settings, as the output's source attribute ends: what
@@ -110,7 +110,7 @@ int main(int argc, char **argv) {
         {"datasets", CLI_STRING, &cfg, "dataset registry"},
         {"templates", CLI_STRING, &tmpl_path,
          "prompt templates, one a line: {} is the class name, {article} \"a\" or \"an\" (e.g. "
-         "shared/data/clip/openai_imagenet_templates_80.txt; default: the single template \""
+         "data/clip/openai_imagenet_templates_80.txt; default: the single template \""
          PROMPTS_DEFAULT_TEMPLATE "\")"},
         {"plain-prompts", CLI_FLAG, &plain, "use the templates as written: no \"This is \" before "
                                             "prompts that start with \"a\" or \"the\""},

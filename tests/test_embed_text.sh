@@ -23,7 +23,16 @@ CATS=$SHARED/data/coco/panoptic_coco_categories.json
 TPL=$SHARED/data/clip/openai_imagenet_templates_80.txt
 if [ ! -e "$MODEL" ]; then
   bad "fixture $MODEL is missing (make test writes it with tests/reference/text_ref.py)"
-  echo "test_embed_text: $pass passed, $fail failed"; exit 1
+  # the merges and templates kept in the repository (data/clip/) are the shared ones, and the
+# stage finds its copy of the merges without --bpe
+for f in bpe_simple_vocab_16e6.txt.gz openai_imagenet_templates_80.txt; do
+  check "data/clip/$f is the shared copy" cmp "data/clip/$f" "$SHARED/data/clip/$f"
+done
+run "$BIN/embed_text" --model "$MODEL" --categories "$CATS" --templates data/clip/openai_imagenet_templates_80.txt \
+  --out "$T/coco_default_bpe.h5" || bad "embed_text without --bpe"
+check "without --bpe: the same embeddings" h5diff -d 0 "$T/coco1.h5" "$T/coco_default_bpe.h5" /embeddings /embeddings
+
+echo "test_embed_text: $pass passed, $fail failed"; exit 1
 fi
 E=(--model "$MODEL" --bpe "$BPE")
 # close A.h5 B.npy: the class file's embeddings equal the reference's to 1e-5 (unit vectors)
@@ -130,6 +139,15 @@ fails "a missing merges file" "$T/none.gz" --model "$MODEL" --bpe "$T/none.gz" -
 fails "neither --categories nor --dataset" "--categories or --dataset" "${E[@]}"
 printf 'bad \xff name\n' >"$T/utf8.txt"
 fails "a name that is not UTF-8" "not valid UTF-8" "${E[@]}" --categories "$T/utf8.txt"
+
+# the merges and templates kept in the repository (data/clip/) are the shared ones, and the
+# stage finds its copy of the merges without --bpe
+for f in bpe_simple_vocab_16e6.txt.gz openai_imagenet_templates_80.txt; do
+  check "data/clip/$f is the shared copy" cmp "data/clip/$f" "$SHARED/data/clip/$f"
+done
+run "$BIN/embed_text" --model "$MODEL" --categories "$CATS" --templates data/clip/openai_imagenet_templates_80.txt \
+  --out "$T/coco_default_bpe.h5" || bad "embed_text without --bpe"
+check "without --bpe: the same embeddings" h5diff -d 0 "$T/coco1.h5" "$T/coco_default_bpe.h5" /embeddings /embeddings
 
 echo "test_embed_text: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
