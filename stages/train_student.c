@@ -96,6 +96,8 @@ int main(int argc, char **argv) {
         {"cache", CLI_STRING, &cache, "teacher cache from embed_teacher (required)"},
         {"init", CLI_STRING, &init, "teacher checkpoint: the student's start and the ensemble's "
                                     "other half (required; must be the cache's teacher)"},
+        {"model", CLI_STRING, &init, "the same as --init: the model to fine-tune (any checkpoint "
+                                     "the stages read: CLIP or EVA02, .h5 or .safetensors)"},
         {"run-dir", CLI_STRING, &run, "folder for checkpoints, epoch models and the log (required)"},
         {"epochs", CLI_INT, &epochs, "epochs to train (0: every epoch of the crops file)"},
         {"batch", CLI_INT, &batch, "images per rank per step"},

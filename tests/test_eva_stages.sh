@@ -41,7 +41,7 @@ run "$BIN/random_classes" "${D[@]}" --embed 32 || bad random_classes
 run "$BIN/sample_crops" "${D[@]}" --epochs 2 --out "$T/crops.h5" || bad sample_crops
 run "$BIN/embed_teacher" "${D[@]}" --crops "$T/crops.h5" --teacher "$T/eva.h5" --batch 8 --out "$T/cache.h5"
 check "embed_teacher: an EVA02 teacher's cache" test -e "$T/cache.h5"
-TR=(--crops "$T/crops.h5" --cache "$T/cache.h5" --init "$T/eva.h5" --det-size 64 --lr 1e-4 --warmup 1)
+TR=(--crops "$T/crops.h5" --cache "$T/cache.h5" --model "$T/eva.h5" --det-size 64 --lr 1e-4 --warmup 1)
 run "$BIN/train_student" "${D[@]}" "${TR[@]}" --batch 2 --max-steps 1 --run-dir "$T/r1x2"
 run "${MPI2[@]}" "$BIN/train_student" "${D[@]}" "${TR[@]}" --batch 1 --max-steps 1 --run-dir "$T/r2x1"
 check "train_student: one EVA02 step on 2 ranks x 1 image equals 1 rank x 2 images" "$PY" -c "
