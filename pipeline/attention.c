@@ -37,37 +37,52 @@ size_t attention_scratch_floats(int T, int nthreads) {
     return (size_t)(nthreads > 0 ? nthreads : 1) * 2 * ATTN_BQ * (size_t)T;
 }
 
-void attention_forward(float *out, float *lse, const float *qkv, float *scratch, int B, int T,
-                       int C, int H) {
+/* Both variants: with causal, query row i sees keys 0..i only. A block of query rows
+ * q0..q0+bq-1 then needs the first nk = q0+bq keys, so the scores of later keys are never
+ * computed; within the block the keys past each row's own position get probability 0. */
+static void forward_rows(float *out, float *lse, const float *qkv, float *scratch, int B, int T,
+                         int C, int H, int causal) {
     int D = C / H, nblk = (T + ATTN_BQ - 1) / ATTN_BQ;
     float scale = 1.0f / sqrtf((float)D);
     size_t C3 = 3 * (size_t)C;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int task = 0; task < B * H * nblk; task++) {
         int b = task / (H * nblk), h = task / nblk % H, q0 = task % nblk * ATTN_BQ;
-        int bq = T - q0 < ATTN_BQ ? T - q0 : ATTN_BQ;
-        float *S = scratch + (size_t)omp_get_thread_num() * 2 * ATTN_BQ * T; /* (bq, T) */
+        int bq = T - q0 < ATTN_BQ ? T - q0 : ATTN_BQ, nk = causal ? q0 + bq : T;
+        float *S = scratch + (size_t)omp_get_thread_num() * 2 * ATTN_BQ * T; /* (bq, nk) */
         const float *q = qkv + ((size_t)b * T + q0) * C3 + (size_t)h * D;  /* (bq, D) ld 3C */
-        const float *k = qkv + (size_t)b * T * C3 + C + (size_t)h * D;      /* (T, D) ld 3C */
-        const float *v = k + C;                                             /* (T, D) ld 3C */
-        gemm(0, 1, bq, T, D, scale, q, (int)C3, k, (int)C3, 0.0f, S, T, 1);
+        const float *k = qkv + (size_t)b * T * C3 + C + (size_t)h * D;      /* (nk, D) ld 3C */
+        const float *v = k + C;                                             /* (nk, D) ld 3C */
+        gemm(0, 1, bq, nk, D, scale, q, (int)C3, k, (int)C3, 0.0f, S, nk, 1);
         for (int i = 0; i < bq; i++) {
-            float *s = S + (size_t)i * T;
+            float *s = S + (size_t)i * nk;
+            int n = causal ? q0 + i + 1 : nk; /* keys this row sees */
             float mx = -INFINITY;
-            for (int j = 0; j < T; j++) mx = s[j] > mx ? s[j] : mx;
+            for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
             float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < T; j++) {
+            for (int j = 0; j < n; j++) {
                 s[j] = exp_nonpos(s[j] - mx);
                 sum += s[j];
             }
             float inv = 1.0f / sum;
-            for (int j = 0; j < T; j++) s[j] *= inv;
+            for (int j = 0; j < n; j++) s[j] *= inv;
+            for (int j = n; j < nk; j++) s[j] = 0.0f;
             lse[((size_t)b * H + h) * T + q0 + i] = mx + logf(sum);
         }
         float *o = out + ((size_t)b * T + q0) * C + (size_t)h * D; /* (bq, D) ld C */
-        gemm(0, 0, bq, D, T, 1.0f, S, T, v, (int)C3, 0.0f, o, C, 1);
+        gemm(0, 0, bq, D, nk, 1.0f, S, nk, v, (int)C3, 0.0f, o, C, 1);
     }
+}
+
+void attention_forward(float *out, float *lse, const float *qkv, float *scratch, int B, int T,
+                       int C, int H) {
+    forward_rows(out, lse, qkv, scratch, B, T, C, H, 0);
+}
+
+void attention_forward_causal(float *out, float *lse, const float *qkv, float *scratch, int B,
+                              int T, int C, int H) {
+    forward_rows(out, lse, qkv, scratch, B, T, C, H, 1);
 }
 
 void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *out,
@@ -113,40 +128,3 @@ void attention_backward(float *dqkv, const float *dout, const float *qkv, const 
     }
 }
 
-/* The causal variant: query row i sees keys 0..i only. A block of query rows q0..q0+bq-1 needs
- * the first q0+bq keys, so the scores of later keys are never computed; within the block the
- * keys past each row's own position get probability 0. */
-void attention_forward_causal(float *out, float *lse, const float *qkv, float *scratch, int B,
-                              int T, int C, int H) {
-    int D = C / H, nblk = (T + ATTN_BQ - 1) / ATTN_BQ;
-    float scale = 1.0f / sqrtf((float)D);
-    size_t C3 = 3 * (size_t)C;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int task = 0; task < B * H * nblk; task++) {
-        int b = task / (H * nblk), h = task / nblk % H, q0 = task % nblk * ATTN_BQ;
-        int bq = T - q0 < ATTN_BQ ? T - q0 : ATTN_BQ, nk = q0 + bq;
-        float *S = scratch + (size_t)omp_get_thread_num() * 2 * ATTN_BQ * T; /* (bq, nk) */
-        const float *q = qkv + ((size_t)b * T + q0) * C3 + (size_t)h * D;  /* (bq, D) ld 3C */
-        const float *k = qkv + (size_t)b * T * C3 + C + (size_t)h * D;      /* (nk, D) ld 3C */
-        const float *v = k + C;                                             /* (nk, D) ld 3C */
-        gemm(0, 1, bq, nk, D, scale, q, (int)C3, k, (int)C3, 0.0f, S, nk, 1);
-        for (int i = 0; i < bq; i++) {
-            float *s = S + (size_t)i * nk;
-            int n = q0 + i + 1; /* keys this row sees */
-            float mx = -INFINITY;
-            for (int j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
-            float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-            for (int j = 0; j < n; j++) {
-                s[j] = exp_nonpos(s[j] - mx);
-                sum += s[j];
-            }
-            float inv = 1.0f / sum;
-            for (int j = 0; j < n; j++) s[j] *= inv;
-            for (int j = n; j < nk; j++) s[j] = 0.0f;
-            lse[((size_t)b * H + h) * T + q0 + i] = mx + logf(sum);
-        }
-        float *o = out + ((size_t)b * T + q0) * C + (size_t)h * D; /* (bq, D) ld C */
-        gemm(0, 0, bq, D, nk, 1.0f, S, nk, v, (int)C3, 0.0f, o, C, 1);
-    }
-}

@@ -531,10 +531,7 @@ static int kind_dim(const SafeTensors *st, int scheme, int kind, int ndim, int d
     return 0;
 }
 
-/* Blocks = 1 + the largest index after the scheme's block prefix; a gap shows up later as a
- * missing tensor. */
-static int count_blocks(const SafeTensors *st, int scheme, int *layers) {
-    const char *prefix = schemes[scheme].block_prefix;
+int st_count_blocks(const SafeTensors *st, const char *prefix, int *blocks) {
     size_t n = strlen(prefix);
     long max = -1;
     for (int i = 0; i < st->num_tensors; i++) {
@@ -545,11 +542,11 @@ static int count_blocks(const SafeTensors *st, int scheme, int *layers) {
         if (end != name + n && *end == '.' && b >= 0 && b < 100000 && b > max) max = b;
     }
     CS_CHECK(max >= 0, "%s: no transformer blocks (no tensor named %s<N>.*)", st->path, prefix);
-    *layers = (int)max + 1;
+    *blocks = (int)max + 1;
     return 0;
 }
 
-static int meta_int(const SafeTensors *st, const char *key, int max, int *out) {
+int st_metadata_int(const SafeTensors *st, const char *key, int max, int *out) {
     const char *v = st_metadata(st, key);
     if (!v) return 0;
     char *end;
@@ -568,7 +565,7 @@ static int infer_config(const SafeTensors *st, int scheme, const VitConfig *hint
     int pos_rows;
     char from[6][160]; /* the tensor each shape-derived field was read from */
     CS_TRY(kind_dim(st, scheme, VIT_CLASS_EMB, 1, 0, &c->width, from[0]));
-    CS_TRY(count_blocks(st, scheme, &c->layers));
+    CS_TRY(st_count_blocks(st, schemes[scheme].block_prefix, &c->layers));
     snprintf(from[1], sizeof from[1], "%s<N>", schemes[scheme].block_prefix);
     CS_TRY(kind_dim(st, scheme, VIT_FC_W, 2, 0, &c->mlp, from[2]));
     /* the projection is (C, E) for open_clip / HF and EVA's head (E, C) */
@@ -592,7 +589,7 @@ static int infer_config(const SafeTensors *st, int scheme, const VitConfig *hint
     }
     /* OpenAI, open_clip and EVA02-CLIP ViTs use 64-dimensional heads. */
     c->heads = hint && hint->heads > 0 ? hint->heads : c->width / 64;
-    CS_TRY(meta_int(st, "clipself.heads", c->width, &c->heads));
+    CS_TRY(st_metadata_int(st, "clipself.heads", c->width, &c->heads));
     CS_CHECK(c->heads > 0, "%s: no clipself.heads metadata and no hint, and the default width / "
              "64 gives no head for width %d", st->path, c->width);
     const char *act = st_metadata(st, "clipself.act");
@@ -600,7 +597,7 @@ static int infer_config(const SafeTensors *st, int scheme, const VitConfig *hint
     if (eva) {
         c->act = 0; /* SwiGLU */
         c->rope_grid = hint && hint->rope_grid > 0 ? hint->rope_grid : 16;
-        CS_TRY(meta_int(st, "clipself.rope_grid", 1 << 16, &c->rope_grid));
+        CS_TRY(st_metadata_int(st, "clipself.rope_grid", 1 << 16, &c->rope_grid));
     } else if (act) {
         CS_CHECK(!strcmp(act, "quickgelu") || !strcmp(act, "gelu"), "%s: metadata clipself.act "
                  "= \"%s\", expected \"quickgelu\" or \"gelu\"", st->path, act);

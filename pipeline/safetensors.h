@@ -45,6 +45,12 @@ void st_close(SafeTensors *st);
 const StTensor *st_find(const SafeTensors *st, const char *name);
 /* The __metadata__ value of key, or NULL. */
 const char *st_metadata(const SafeTensors *st, const char *key);
+/* The integer metadata value of key into *out, if the key is there (else *out is left); a value
+ * that is not an integer in 1..max is an error naming the file and key. */
+int st_metadata_int(const SafeTensors *st, const char *key, int max, int *out);
+/* Blocks = 1 + the largest N of the tensors named "<prefix>N.*" (a gap shows up later as a
+ * missing tensor); none is an error naming the file and the prefix. */
+int st_count_blocks(const SafeTensors *st, const char *prefix, int *blocks);
 /* Read a F32, F16 or BF16 tensor converted to float: out holds t->numel floats. Any other
  * dtype is an error naming the tensor. */
 int st_read(const SafeTensors *st, const StTensor *t, float *out);

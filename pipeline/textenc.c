@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arena.h"
 #include "check.h"
 #include "ops.h"
 
@@ -84,7 +85,7 @@ void textenc_free(TextEncoder *m) {
 static int prepare(TextEncoder *m, int B, int T) {
     const TextConfig *c = &m->cfg;
     size_t BT = (size_t)B * T, C = (size_t)c->width, F = (size_t)c->mlp;
-    struct { float **p; size_t n; } t[] = {
+    ArenaSlot t[] = {
         {&m->acts.x, BT * C},       {&m->acts.x2, BT * C},
         {&m->acts.ln, BT * C},      {&m->acts.mean, BT},
         {&m->acts.rstd, BT},        {&m->acts.qkv, BT * 3 * C},
@@ -93,20 +94,7 @@ static int prepare(TextEncoder *m, int B, int T) {
         {&m->acts.pooled, (size_t)B * C},
         {&m->acts.attn_scratch, attention_scratch_floats(T, cs_num_threads())},
     };
-    size_t total = 0, nt = sizeof t / sizeof t[0];
-    for (size_t i = 0; i < nt; i++) total += (t[i].n + 15) & ~(size_t)15; /* 64-byte aligned */
-    if (total > m->acts_capacity) {
-        free(m->acts_mem);
-        m->acts_mem = NULL;
-        m->acts_capacity = 0;
-        CS_ALLOC(m->acts_mem, total);
-        m->acts_capacity = total;
-    }
-    float *p = m->acts_mem;
-    for (size_t i = 0; i < nt; i++) {
-        *t[i].p = p;
-        p += (t[i].n + 15) & ~(size_t)15;
-    }
+    CS_TRY(arena_carve(&m->acts_mem, &m->acts_capacity, t, sizeof t / sizeof t[0]));
     if (B > m->pool_capacity) {
         free(m->pool);
         m->pool = NULL;

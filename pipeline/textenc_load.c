@@ -129,44 +129,16 @@ static int row_of(int kind) {
     return r;
 }
 
-static int count_blocks(const SafeTensors *st, int naming, int *layers) {
-    const char *prefix = namings[naming].block_prefix;
-    size_t n = strlen(prefix);
-    long max = -1;
-    for (int i = 0; i < st->num_tensors; i++) {
-        const char *name = st->tensors[i].name;
-        if (strncmp(name, prefix, n) != 0) continue;
-        char *end;
-        long b = strtol(name + n, &end, 10);
-        if (end != name + n && *end == '.' && b >= 0 && b < 100000 && b > max) max = b;
-    }
-    CS_CHECK(max >= 0, "%s: the text tower has no blocks (no tensor named %s<N>.*)", st->path,
-             prefix);
-    *layers = (int)max + 1;
-    return 0;
-}
-
-static int parse_int_meta(const SafeTensors *st, const char *key, int max, int *out) {
-    const char *v = st_metadata(st, key);
-    if (!v) return 0;
-    char *end;
-    long h = strtol(v, &end, 10);
-    CS_CHECK(*v && !*end && h > 0 && h <= max, "%s: metadata %s = \"%s\" is not a head count "
-             "(1..%d)", st->path, key, v, max);
-    *out = (int)h;
-    return 0;
-}
-
 static int infer_config(const SafeTensors *st, int naming, TextConfig *c) {
     memset(c, 0, sizeof *c);
     CS_TRY(row_dim(st, naming, row_of(TXT_TOKEN_EMB), 2, 1, &c->width));
     CS_TRY(row_dim(st, naming, row_of(TXT_TOKEN_EMB), 2, 0, &c->vocab));
     CS_TRY(row_dim(st, naming, row_of(TXT_POS_EMB), 2, 0, &c->context));
-    CS_TRY(count_blocks(st, naming, &c->layers));
+    CS_TRY(st_count_blocks(st, namings[naming].block_prefix, &c->layers));
     CS_TRY(row_dim(st, naming, row_of(TXT_FC_W), 2, 0, &c->mlp));
     CS_TRY(row_dim(st, naming, row_of(TXT_PROJ), 2, 1, &c->embed));
     c->heads = c->width / 64; /* OpenAI and open_clip text towers have 64-dimensional heads */
-    CS_TRY(parse_int_meta(st, "clipself.text_heads", c->width, &c->heads));
+    CS_TRY(st_metadata_int(st, "clipself.text_heads", c->width, &c->heads));
     CS_CHECK(c->heads > 0, "%s: no clipself.text_heads metadata, and the default width / 64 "
              "gives no head for text width %d", st->path, c->width);
     const char *act = st_metadata(st, "clipself.text_act"), *key = "clipself.text_act";

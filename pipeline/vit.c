@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "arena.h"
 #include "check.h"
 #include "ops.h"
 #include "vit.h"
@@ -42,7 +43,7 @@ int vit_prepare(Vit *m, int mode, int B, int H, int W, int train) {
     int Lx = train ? L + 1 : 2;     /* block inputs kept (ping-pong when not training) */
     size_t BT = (size_t)B * T, BN = (size_t)B * N, BTp = (size_t)B * Tp;
     size_t rope = eva ? (size_t)(gh + gw) * (D / 2) : 0;
-    struct { float **p; size_t n; } t[] = {
+    ArenaSlot t[] = {
         {&m->acts.cols, BN * 3 * P * P},
         {&m->acts.pos, (size_t)T * C},
         {&m->acts.rope_cos, rope},
@@ -83,20 +84,7 @@ int vit_prepare(Vit *m, int mode, int B, int H, int W, int train) {
         {&m->acts.dlnpost, train ? BTp * C : 0},
         {&m->acts.dprojout, train && mode == VIT_DENSE ? BTp * E : 0},
     };
-    size_t total = 0, nt = sizeof t / sizeof t[0];
-    for (size_t i = 0; i < nt; i++) total += (t[i].n + 15) & ~(size_t)15; /* 64-byte aligned */
-    if (total > m->acts_capacity) {
-        free(m->acts_mem);
-        m->acts_mem = NULL;
-        m->acts_capacity = 0;
-        CS_ALLOC(m->acts_mem, total);
-        m->acts_capacity = total;
-    }
-    float *p = m->acts_mem;
-    for (size_t i = 0; i < nt; i++) {
-        *t[i].p = t[i].n ? p : NULL;
-        p += (t[i].n + 15) & ~(size_t)15;
-    }
+    CS_TRY(arena_carve(&m->acts_mem, &m->acts_capacity, t, sizeof t / sizeof t[0]));
     if (mode == VIT_IMAGE) m->acts.out = m->acts.projout;
     if (eva) rope_tables(m->acts.rope_cos, m->acts.rope_sin, gh, gw, D, c->rope_grid);
     m->num_unreached = 0;
