@@ -29,40 +29,6 @@
 #include "testutil.h"
 #include "vit.h"
 
-static float absmax(const float *x, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
-    return m;
-}
-
-/* got vs want with |d| <= rel * (|want| + max|want|) */
-static int close_scaled(const char *name, const float *got, const float *want, size_t n,
-                        float rel) {
-    return tu_close(name, got, want, n, rel, rel * absmax(want, n));
-}
-
-static long attr_long(hid_t obj, const char *name) {
-    long v = 0;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0 || H5Aread(a, H5T_NATIVE_LONG, &v) < 0) {
-        fprintf(stderr, "fixture attribute %s is missing\n", name);
-        exit(1);
-    }
-    H5Aclose(a);
-    return v;
-}
-
-static double attr_double(hid_t obj, const char *name) {
-    double v = 0;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0 || H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0) {
-        fprintf(stderr, "fixture attribute %s is missing\n", name);
-        exit(1);
-    }
-    H5Aclose(a);
-    return v;
-}
-
 /* Every element of the k third of each block's qkv bias (of params or grads) is exactly 0. */
 static int kbias_zero(const Vit *m, const float *buf) {
     int C = m->cfg.width;
@@ -106,7 +72,7 @@ static void compare_tensors(const char *tag, const Vit *m, const float *buf, hid
             if (n != per)
                 tu_check(0, label, "element count differs from the fixture");
             else
-                tu_close(label, got, want, n, rel, rel * absmax(want, n) + atol);
+                tu_close(label, got, want, n, rel, rel * tu_absmax(want, n) + atol);
             free(want);
         }
     }
@@ -137,8 +103,8 @@ static void run_case(const char *cfgname, Vit *m, hid_t f, const char *cname, fl
         fprintf(stderr, "fixture group /%s is missing\n", cname);
         exit(1);
     }
-    int mode = (int)attr_long(g, "mode"), freeze = (int)attr_long(g, "freeze");
-    int B = (int)attr_long(g, "B"), H = (int)attr_long(g, "H"), W = (int)attr_long(g, "W");
+    int mode = (int)tu_attr_long(g, "mode"), freeze = (int)tu_attr_long(g, "freeze");
+    int B = (int)tu_attr_long(g, "B"), H = (int)tu_attr_long(g, "H"), W = (int)tu_attr_long(g, "W");
     H5Gclose(g);
     int E = m->cfg.embed, P = m->cfg.patch, N = (H / P) * (W / P);
     size_t nout = (size_t)B * (mode == VIT_DENSE ? (size_t)N : 1) * E;
@@ -153,7 +119,7 @@ static void run_case(const char *cfgname, Vit *m, hid_t f, const char *cname, fl
     vit_forward(m, img);
     float *want = FX("out");
     snprintf(label, sizeof label, "%s out", tag);
-    close_scaled(label, m->acts.out, want, nout, fwd_rel);
+    tu_close_scaled(label, m->acts.out, want, nout, fwd_rel);
     free(want);
 
     float *dout, loss;
@@ -180,7 +146,7 @@ static void run_case(const char *cfgname, Vit *m, hid_t f, const char *cname, fl
     free(want);
     want = FX("dout");
     snprintf(label, sizeof label, "%s d loss / d out", tag);
-    close_scaled(label, dout, want, nout, fwd_rel);
+    tu_close_scaled(label, dout, want, nout, fwd_rel);
     free(want);
 
     float *dimg = alloc_f(nimg);
@@ -188,7 +154,7 @@ static void run_case(const char *cfgname, Vit *m, hid_t f, const char *cname, fl
     CS_DIE_IF_FAIL(vit_backward(m, dout, dimg));
     want = FX("dimage");
     snprintf(label, sizeof label, "%s dimage", tag);
-    close_scaled(label, dimg, want, nimg, grad_rel);
+    tu_close_scaled(label, dimg, want, nimg, grad_rel);
     free(want);
     snprintf(path, sizeof path, "/%s/grad", cname);
     compare_tensors(tag, m, m->grads_mem, f, path, 1, 1, grad_rel, 0.0f);
@@ -206,13 +172,13 @@ static void run_adamw(const char *cfgname, const char *model_path, hid_t f, floa
     CS_DIE_IF_FAIL(vit_alloc_grads(&m));
     vit_freeze_clipself(&m);
     hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
-    AdamWConfig ac = {.lr = (float)attr_double(ga, "lr"),
-                      .beta1 = (float)attr_double(ga, "beta1"),
-                      .beta2 = (float)attr_double(ga, "beta2"),
-                      .eps = (float)attr_double(ga, "eps"),
-                      .weight_decay = (float)attr_double(ga, "weight_decay")};
-    long warmup = attr_long(ga, "warmup"), total = attr_long(ga, "total_steps");
-    long steps = attr_long(ga, "steps");
+    AdamWConfig ac = {.lr = (float)tu_attr_double(ga, "lr"),
+                      .beta1 = (float)tu_attr_double(ga, "beta1"),
+                      .beta2 = (float)tu_attr_double(ga, "beta2"),
+                      .eps = (float)tu_attr_double(ga, "eps"),
+                      .weight_decay = (float)tu_attr_double(ga, "weight_decay")};
+    long warmup = tu_attr_long(ga, "warmup"), total = tu_attr_long(ga, "total_steps");
+    long steps = tu_attr_long(ga, "steps");
     H5Gclose(ga);
     hid_t ds = H5Dopen2(f, "/adamw/image", H5P_DEFAULT);
     hid_t sp = H5Dget_space(ds);
@@ -265,12 +231,12 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     CS_DIE_IF_FAIL(vit_alloc_grads(&m));
     const VitConfig *c = &m.cfg;
     snprintf(label, sizeof label, "%s config from the reference's checkpoint", cfgname);
-    tu_check(c->arch == VIT_ARCH_EVA02 && c->width == attr_long(f, "width") &&
-                 c->layers == attr_long(f, "layers") && c->heads == attr_long(f, "heads") &&
-                 c->mlp == attr_long(f, "mlp") && c->embed == attr_long(f, "embed") &&
-                 c->patch == attr_long(f, "patch") && c->grid == attr_long(f, "grid") &&
-                 c->rope_grid == attr_long(f, "rope_grid") &&
-                 c->ln_eps == (float)attr_double(f, "ln_eps"),
+    tu_check(c->arch == VIT_ARCH_EVA02 && c->width == tu_attr_long(f, "width") &&
+                 c->layers == tu_attr_long(f, "layers") && c->heads == tu_attr_long(f, "heads") &&
+                 c->mlp == tu_attr_long(f, "mlp") && c->embed == tu_attr_long(f, "embed") &&
+                 c->patch == tu_attr_long(f, "patch") && c->grid == tu_attr_long(f, "grid") &&
+                 c->rope_grid == tu_attr_long(f, "rope_grid") &&
+                 c->ln_eps == (float)tu_attr_double(f, "ln_eps"),
              label, "differs from the fixture's attributes");
     const char *cases[] = {"image_sq", "image_ns", "dense_a", "dense_b"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

@@ -176,20 +176,6 @@ static void test_tokenizer(void) {
 
 /* ---- text transformer --------------------------------------------------------------------- */
 
-static float absmax(const float *x, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
-    return m;
-}
-
-static int read_int_attr(hid_t obj, const char *name) {
-    int v = 0;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    H5Aread(a, H5T_NATIVE_INT, &v);
-    H5Aclose(a);
-    return v;
-}
-
 /* The tower in file (a fixture name) against group grp of text.h5: config and outputs. */
 static void check_tower(hid_t f, const char *grp, const char *file, const char *naming) {
     char path[1024], label[256];
@@ -208,10 +194,10 @@ static void check_tower(hid_t f, const char *grp, const char *file, const char *
     H5Aclose(a);
     int want_act = !strncmp(act, "gelu", 4) ? ACT_GELU : ACT_QUICKGELU;
     snprintf(label, sizeof label, "%s: config and naming", file);
-    tu_check(c->width == read_int_attr(g, "width") && c->layers == read_int_attr(g, "layers") &&
-                 c->heads == read_int_attr(g, "heads") && c->mlp == read_int_attr(g, "mlp") &&
-                 c->embed == read_int_attr(g, "embed") && c->vocab == read_int_attr(g, "vocab") &&
-                 c->context == read_int_attr(g, "context") && c->act == want_act &&
+    tu_check(c->width == (int)tu_attr_long(g, "width") && c->layers == (int)tu_attr_long(g, "layers") &&
+                 c->heads == (int)tu_attr_long(g, "heads") && c->mlp == (int)tu_attr_long(g, "mlp") &&
+                 c->embed == (int)tu_attr_long(g, "embed") && c->vocab == (int)tu_attr_long(g, "vocab") &&
+                 c->context == (int)tu_attr_long(g, "context") && c->act == want_act &&
                  c->ln_eps == 1e-5f && !strcmp(m.naming, naming),
              label, "config or naming differs from the fixture's");
     char ds[128];
@@ -231,7 +217,7 @@ static void check_tower(hid_t f, const char *grp, const char *file, const char *
     tu_check(pool_ok, label, NULL);
     size_t ne = (size_t)B * c->embed;
     snprintf(label, sizeof label, "%s: pooled, projected output vs PyTorch", file);
-    tu_close(label, got, want, ne, 1e-5f, 1e-5f * absmax(want, ne));
+    tu_close(label, got, want, ne, 1e-5f, 1e-5f * tu_absmax(want, ne));
     /* one row at a time: another batch shape runs another token count */
     float *one = alloc_f((size_t)c->embed);
     int rows_ok = 1;
@@ -239,7 +225,7 @@ static void check_tower(hid_t f, const char *grp, const char *file, const char *
         CS_DIE_IF_FAIL(textenc_forward(&m, one, tokens + (size_t)b * c->context, 1));
         for (int e = 0; e < c->embed; e++)
             rows_ok &= fabsf(one[e] - got[(size_t)b * c->embed + e]) <=
-                       1e-5f * absmax(want, ne);
+                       1e-5f * tu_absmax(want, ne);
     }
     snprintf(label, sizeof label, "%s: each row alone gives the batch's result", file);
     tu_check(rows_ok, label, NULL);

@@ -20,45 +20,17 @@
 #include "testutil.h"
 #include "vit.h"
 
-static float absmax(const float *x, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
-    return m;
-}
-
-/* got vs want with |d| <= rel * (|want| + max|want|) */
-static int close_scaled(const char *name, const float *got, const float *want, size_t n,
-                        float rel) {
-    return tu_close(name, got, want, n, rel, rel * absmax(want, n));
-}
-
-static int read_int_attr(hid_t f, const char *name) {
-    int v = 0;
-    hid_t a = H5Aopen(f, name, H5P_DEFAULT);
-    H5Aread(a, H5T_NATIVE_INT, &v);
-    H5Aclose(a);
-    return v;
-}
-
-static double read_double_attr(hid_t obj, const char *name) {
-    double v = 0;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    H5Aread(a, H5T_NATIVE_DOUBLE, &v);
-    H5Aclose(a);
-    return v;
-}
-
 /* The reference's optimiser settings and schedule, from /adamw's attributes. */
 static AdamWConfig read_adamw(hid_t f, long *warmup, long *total, long *steps) {
     hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
-    AdamWConfig ac = {.lr = (float)read_double_attr(ga, "lr"),
-                      .beta1 = (float)read_double_attr(ga, "beta1"),
-                      .beta2 = (float)read_double_attr(ga, "beta2"),
-                      .eps = (float)read_double_attr(ga, "eps"),
-                      .weight_decay = (float)read_double_attr(ga, "weight_decay")};
-    *warmup = (long)read_double_attr(ga, "warmup");
-    *total = (long)read_double_attr(ga, "total_steps");
-    *steps = (long)read_double_attr(ga, "steps");
+    AdamWConfig ac = {.lr = (float)tu_attr_double(ga, "lr"),
+                      .beta1 = (float)tu_attr_double(ga, "beta1"),
+                      .beta2 = (float)tu_attr_double(ga, "beta2"),
+                      .eps = (float)tu_attr_double(ga, "eps"),
+                      .weight_decay = (float)tu_attr_double(ga, "weight_decay")};
+    *warmup = (long)tu_attr_double(ga, "warmup");
+    *total = (long)tu_attr_double(ga, "total_steps");
+    *steps = (long)tu_attr_double(ga, "steps");
     H5Gclose(ga);
     return ac;
 }
@@ -92,11 +64,11 @@ static void compare_tensors(const char *tag, const Vit *m, const float *buf, hid
                 char kl[640];
                 snprintf(kl, sizeof kl, "%s (key rows, zero true gradient)", label);
                 tu_close(kl, got + C, want + C, (size_t)C, 0.0f, kbias_atol);
-                tu_close(label, got, want, (size_t)C, rel, rel * absmax(want, n) + atol);
+                tu_close(label, got, want, (size_t)C, rel, rel * tu_absmax(want, n) + atol);
                 tu_close(label, got + 2 * C, want + 2 * C, (size_t)C, rel,
-                         rel * absmax(want, n) + atol);
+                         rel * tu_absmax(want, n) + atol);
             } else {
-                tu_close(label, got, want, n, rel, rel * absmax(want, n) + atol);
+                tu_close(label, got, want, n, rel, rel * tu_absmax(want, n) + atol);
             }
             free(want);
         }
@@ -130,10 +102,10 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     const VitConfig *c = &m.cfg;
     char label[128];
     snprintf(label, sizeof label, "%s config", cfgname);
-    tu_check(c->width == read_int_attr(f, "width") && c->layers == read_int_attr(f, "layers") &&
-                 c->heads == read_int_attr(f, "heads") && c->mlp == read_int_attr(f, "mlp") &&
-                 c->embed == read_int_attr(f, "embed") && c->patch == read_int_attr(f, "patch") &&
-                 c->grid == read_int_attr(f, "grid"),
+    tu_check(c->width == (int)tu_attr_long(f, "width") && c->layers == (int)tu_attr_long(f, "layers") &&
+                 c->heads == (int)tu_attr_long(f, "heads") && c->mlp == (int)tu_attr_long(f, "mlp") &&
+                 c->embed == (int)tu_attr_long(f, "embed") && c->patch == (int)tu_attr_long(f, "patch") &&
+                 c->grid == (int)tu_attr_long(f, "grid"),
              label, "config read from the safetensors differs from the fixture's");
 
     /* ---- dense path, regions, loss, gradients of the trained parameters ---- */
@@ -158,17 +130,17 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
 
     float *want = tu_read(f, "/dense/out", NULL);
     snprintf(label, sizeof label, "%s /dense/out", cfgname);
-    close_scaled(label, m.acts.out, want, (size_t)B * N * E, fwd_rel);
+    tu_close_scaled(label, m.acts.out, want, (size_t)B * N * E, fwd_rel);
     free(want);
     want = tu_read(f, "/dense/rois", NULL);
     snprintf(label, sizeof label, "%s /dense/rois", cfgname);
-    close_scaled(label, cl.rois, want, (size_t)R * E, fwd_rel);
+    tu_close_scaled(label, cl.rois, want, (size_t)R * E, fwd_rel);
     free(want);
     float *rois23 = malloc((size_t)R * 6 * E * sizeof(float));
     roi_align_forward(rois23, m.acts.out, boxes, R, B, m.gh, m.gw, E, 2, 3, 1.0f, -1);
     want = tu_read(f, "/dense/rois_2x3", NULL);
     snprintf(label, sizeof label, "%s /dense/rois_2x3", cfgname);
-    close_scaled(label, rois23, want, (size_t)R * 6 * E, fwd_rel);
+    tu_close_scaled(label, rois23, want, (size_t)R * 6 * E, fwd_rel);
     free(want);
     free(rois23);
 
@@ -184,7 +156,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     l2norm_forward(pn, pnorm, pooled, RM, E);
     want = tu_read(f, "/dense/maskpool", NULL);
     snprintf(label, sizeof label, "%s /dense/maskpool", cfgname);
-    close_scaled(label, pn, want, (size_t)RM * E, fwd_rel);
+    tu_close_scaled(label, pn, want, (size_t)RM * E, fwd_rel);
     free(want);
 
     want = tu_read(f, "/dense/loss", NULL);
@@ -223,7 +195,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     vit_forward(&m, iimg);
     want = tu_read(f, "/image/out", NULL);
     snprintf(label, sizeof label, "%s /image/out", cfgname);
-    close_scaled(label, m.acts.out, want, (size_t)BI * E, fwd_rel);
+    tu_close_scaled(label, m.acts.out, want, (size_t)BI * E, fwd_rel);
     free(want);
     vit_zero_grad(&m);
     CS_DIE_IF_FAIL(vit_backward(&m, iw, NULL));

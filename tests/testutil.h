@@ -74,6 +74,34 @@ static inline int tu_close(const char *name, const float *got, const float *want
     return bad == 0;
 }
 
+static inline float tu_absmax(const float *x, size_t n) {
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    return m;
+}
+
+/* got vs want with |d| <= rel * (|want| + max|want|): a tolerance relative to the tensor's
+ * scale, for tensors whose small entries are sums of large cancelling terms. */
+static inline int tu_close_scaled(const char *name, const float *got, const float *want,
+                                  size_t n, float rel) {
+    return tu_close(name, got, want, n, rel, rel * tu_absmax(want, n));
+}
+
+/* A numeric attribute of a fixture object; a missing one ends the test program. */
+static inline double tu_attr_double(hid_t obj, const char *name) {
+    double v = 0;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0 || H5Aread(a, H5T_NATIVE_DOUBLE, &v) < 0) {
+        fprintf(stderr, "fixture attribute %s is missing\n", name);
+        exit(1);
+    }
+    H5Aclose(a);
+    return v;
+}
+static inline long tu_attr_long(hid_t obj, const char *name) {
+    return (long)tu_attr_double(obj, name);
+}
+
 /* Read a float dataset (any stored float type, converted) into a new buffer; *n gets the
  * element count. Exits with the file and dataset name if it is missing. */
 static inline float *tu_read(hid_t file, const char *path, size_t *n) {
