@@ -811,16 +811,20 @@ static int same_shape_config(const VitConfig *a, const VitConfig *b) {
 /* The metadata to write: the like file's, then the config keys the loader reads (a model
  * whose heads, activation or eps are not the defaults loads back as it was), and "format":
  * "pt", which Hugging Face's loader requires. */
-static int export_metadata(const Vit *m, const SafeTensors *like, char ***keys, char ***values,
-                           int *n) {
-    const VitConfig *c = &m->cfg;
+typedef struct {
     char heads[32], eps[32], rope[32];
-    snprintf(heads, sizeof heads, "%d", c->heads);
+} MetaText; /* the config values as text, kept by the caller while keys and values are used */
+
+static int export_metadata(const Vit *m, const SafeTensors *like, MetaText *t, char ***keys,
+                           char ***values, int *n) {
+    const VitConfig *c = &m->cfg;
+    char *heads = t->heads, *eps = t->eps, *rope = t->rope;
+    snprintf(heads, sizeof t->heads, "%d", c->heads);
     for (int digits = 1; digits <= 9; digits++) { /* the shortest text that reads back exactly */
-        snprintf(eps, sizeof eps, "%.*g", digits, (double)c->ln_eps);
+        snprintf(eps, sizeof t->eps, "%.*g", digits, (double)c->ln_eps);
         if (strtof(eps, NULL) == c->ln_eps) break;
     }
-    snprintf(rope, sizeof rope, "%d", c->rope_grid);
+    snprintf(rope, sizeof t->rope, "%d", c->rope_grid);
     const char *own[][2] = {
         {"clipself.heads", heads},
         {"clipself.ln_eps", eps},
@@ -893,9 +897,11 @@ static int export(const Vit *m, const char *path, int scheme, const SafeTensors 
     }
     char **keys = NULL, **values = NULL;
     int nmeta = 0;
+    MetaText text;
     yajl_gen g = yajl_gen_alloc(NULL);
+    if (!g) free(out);
     CS_CHECK(g, "out of memory writing %s", path);
-    rc = export_metadata(m, like, &keys, &values, &nmeta);
+    rc = export_metadata(m, like, &text, &keys, &values, &nmeta);
     if (rc == 0) rc = make_header(g, out, n, keys, values, nmeta);
     const unsigned char *json = NULL;
     size_t json_len = 0;
