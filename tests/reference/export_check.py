@@ -4,6 +4,7 @@ that it reproduces the outputs the C model gave (forward --dump): the proof that
 program reading the exported names gets the model clipself trained.
 
   export_check.py --model M.safetensors --dump D.h5 --mode image|dense [--tol 1e-4]
+  export_check.py --cases FILE    (lines "MODEL DUMP MODE": many checks, one torch start-up)
 
 The naming is detected as the C loader does (vision_model.* = Hugging Face, visual.blocks.* =
 EVA02-CLIP, else open_clip); each is mapped onto the reference modules here, independently of
@@ -105,32 +106,48 @@ def eva_model(t, meta):
     return m
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--dump", required=True)
-    ap.add_argument("--mode", choices=("image", "dense"), required=True)
-    ap.add_argument("--tol", type=float, default=1e-4)
-    a = ap.parse_args()
-    torch.set_grad_enabled(False)
-    t, meta = read_safetensors(a.model)
+def check(model, dump, mode, tol):
+    t, meta = read_safetensors(model)
     naming = naming_of(t)
     m = eva_model(t, meta) if naming == "eva" else clip_model(t, meta, naming)
     m.eval()
-    with h5py.File(a.dump, "r") as f:
+    with h5py.File(dump, "r") as f:
         img = torch.from_numpy(f["images"][()])
         want = torch.from_numpy(f["out"][()])
-    got = m.forward_image(img) if a.mode == "image" else m.forward_dense(img)[0]
+    got = m.forward_image(img) if mode == "image" else m.forward_dense(img)[0]
     if got.shape != want.shape:
-        print("export_check: %s: shape %s, C gave %s" % (a.model, tuple(got.shape),
+        print("export_check: %s: shape %s, C gave %s" % (model, tuple(got.shape),
                                                         tuple(want.shape)))
-        return 1
+        return False
     err = (got - want).abs().max().item()
     scale = want.abs().max().item()
-    ok = err <= a.tol * max(scale, 1.0)
-    print("export_check: %s (%s names, %s mode, %d images): max |torch - C| = %.3g (scale %.3g) %s"
-          % (a.model, naming, a.mode, img.shape[0], err, scale, "ok" if ok else "TOO LARGE"))
-    return 0 if ok else 1
+    ok = err <= tol * max(scale, 1.0)
+    print("export_check: %s (%s names, %s mode, %d images %dx%d): max |torch - C| = %.3g "
+          "(scale %.3g) %s" % (model, naming, mode, img.shape[0], img.shape[2], img.shape[3], err,
+                               scale, "ok" if ok else "TOO LARGE"))
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model")
+    ap.add_argument("--dump")
+    ap.add_argument("--mode", choices=("image", "dense"))
+    ap.add_argument("--cases", help="a file of 'MODEL DUMP MODE' lines, checked in one process")
+    ap.add_argument("--tol", type=float, default=1e-4)
+    a = ap.parse_args()
+    torch.set_grad_enabled(False)
+    cases = []
+    if a.cases:
+        with open(a.cases) as f:
+            cases = [line.split() for line in f if line.strip()]
+    if a.model:
+        cases.append([a.model, a.dump, a.mode])
+    if not cases or any(len(c) != 3 or c[2] not in ("image", "dense") for c in cases):
+        ap.error("give --model, --dump and --mode, or --cases with 'MODEL DUMP MODE' lines")
+    bad = sum(not check(m, d, mode, a.tol) for m, d, mode in cases)
+    print("export_check: %d of %d cases reproduced" % (len(cases) - bad, len(cases)))
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
