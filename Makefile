@@ -7,7 +7,8 @@
 #   make deps       install missing Debian packages (scripts/install-deps)
 #
 # Switches: SAN=1 builds with AddressSanitizer + UBSan into build-san/; WERROR=1 adds -Werror;
-# V=1 shows the compiler commands; NO_TORCH=1 leaves PyTorch out of make bench.
+# V=1 shows the compiler commands; NO_TORCH=1 leaves PyTorch out of make bench, and
+# BENCH_MODELS="b16" or "eva-b16" runs one model's cases of it (default both).
 
 SAN ?= 0
 V ?= 0
@@ -127,7 +128,8 @@ demo: deps
 	scripts/demo $(BUILD)
 
 bench: $(BENCH)
-	@PYTHON=$(PYTHON) NO_TORCH=$(NO_TORCH) scripts/bench $(BENCH) $(BUILD)/bench.txt
+	@PYTHON=$(PYTHON) NO_TORCH=$(NO_TORCH) BENCH_MODELS="$(BENCH_MODELS)" \
+	  scripts/bench $(BENCH) $(BUILD)/bench.txt
 
 clean:
 	rm -rf build build-san

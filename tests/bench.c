@@ -1,13 +1,17 @@
 /* bench.c: the performance benchmark of clipself (`make bench`, driven by scripts/bench).
  *
- *   bench sgemm              BLIS sgemm rate through gemm() on the ViT-B/16 shapes: the roofline
- *   bench teacher            ViT-B/16 image embedding, 224x224, batch 8, inference
- *   bench train SIZE [STEPS] one CLIPSelf step of ViT-B/16 at SIZE x SIZE, batch 1, 16 boxes
+ *   bench sgemm                 BLIS sgemm rate through gemm() on the ViT-B/16 shapes: the
+ *                               roofline
+ *   bench [MODEL] teacher       image embedding, 224x224, batch 8, inference
+ *   bench [MODEL] train SIZE [STEPS]
+ *                               one CLIPSelf step at SIZE x SIZE, batch 1, 16 boxes
+ * MODEL: b16 (OpenAI's ViT-B/16, the default) or eva-b16 (EVA02-CLIP-B/16), vit_preset names.
  *
  * Each case runs in its own process so that its peak RSS (getrusage) is its own. Besides the
  * human-readable report, each case prints one machine line that scripts/bench turns into the
  * final table (tests/reference/bench_torch.py prints the same for PyTorch):
  *   result CASE IMPL SECONDS GFLOPS RSS_MIB      ("-" where a field does not apply)
+ * CASE is sgemm, teacher or trainSIZE, prefixed with "eva_" for EVA02-CLIP-B/16.
  * Weights, images, boxes and teacher rows are random: the arithmetic does not depend on them. */
 #include <blis.h>
 #include <math.h>
@@ -24,7 +28,7 @@
 #include "ops.h"
 #include "vit.h"
 
-#define B16_BOXES 16
+#define BOXES 16
 
 static double now(void) {
     struct timespec ts;
@@ -71,11 +75,18 @@ static float *random_buffer(size_t n) {
     return x;
 }
 
-/* ViT-B/16 as released by OpenAI (QuickGELU): the model CLIPSelf fine-tunes. */
-static VitConfig b16_config(void) {
-    return (VitConfig){.width = 768, .layers = 12, .heads = 12, .mlp = 3072, .embed = 512,
-                       .patch = 16, .grid = 14, .act = ACT_QUICKGELU, .ln_eps = 1e-5f};
-}
+/* The models CLIPSelf fine-tunes: OpenAI's ViT-B/16 (QuickGELU) and EVA02-CLIP-B/16. The
+ * cases are the same for both; prefix tells their result lines apart. */
+typedef struct {
+    const char *preset; /* vit_preset name */
+    const char *label;  /* for the report */
+    const char *prefix; /* of the case names in result lines */
+} BenchModel;
+
+static const BenchModel models[] = {
+    {"b16", "ViT-B/16", ""},
+    {"eva-b16", "EVA02-CLIP-B/16", "eva_"},
+};
 
 /* ---- sgemm -------------------------------------------------------------------------------- */
 
@@ -149,17 +160,18 @@ static int bench_sgemm(void) {
 
 /* ---- teacher forward ---------------------------------------------------------------------- */
 
-static int bench_teacher(void) {
+static int bench_teacher(const BenchModel *bm) {
     const int B = 8, S = 224, reps = 3;
-    VitConfig cfg = b16_config();
+    VitConfig cfg;
     Vit m;
+    CS_TRY(vit_preset(&cfg, bm->preset));
     CS_TRY(vit_init(&m, &cfg));
     vit_init_random(&m, 1);
     CS_TRY(vit_prepare(&m, VIT_IMAGE, B, S, S, 0));
     float *img = random_buffer((size_t)B * 3 * S * S);
     double flops = vit_forward_flops(&m), t[8];
-    printf("== teacher: ViT-B/16 image embedding, %dx%d, batch %d, inference, %d threads ==\n", S,
-           S, B, cs_num_threads());
+    printf("== %steacher: %s image embedding, %dx%d, batch %d, inference, %d threads ==\n",
+           bm->prefix, bm->label, S, S, B, cs_num_threads());
     vit_forward(&m, img); /* warm-up */
     for (int r = 0; r < reps; r++) {
         double t0 = now();
@@ -172,7 +184,8 @@ static int bench_teacher(void) {
     printf("achieved: %.1f GFLOP/s (%.1f GFLOP per forward, vit_forward_flops)\n",
            flops / sec * 1e-9, flops * 1e-9);
     printf("peak RSS: %.0f MiB\n", peak_rss_mib());
-    printf("result teacher c %.4f %.2f %.0f\n", sec, flops / sec * 1e-9, peak_rss_mib());
+    printf("result %steacher c %.4f %.2f %.0f\n", bm->prefix, sec, flops / sec * 1e-9,
+           peak_rss_mib());
     free(img);
     vit_free(&m);
     return 0;
@@ -191,12 +204,13 @@ static void random_boxes(float *boxes, int R, int gh, int gw) {
     }
 }
 
-static int bench_train(int S, int steps) {
-    const int B = 1, R = B16_BOXES;
-    VitConfig cfg = b16_config();
+static int bench_train(const BenchModel *bm, int S, int steps) {
+    const int B = 1, R = BOXES;
+    VitConfig cfg;
     Vit m;
     AdamW opt;
     ClipselfLoss cl;
+    CS_TRY(vit_preset(&cfg, bm->preset));
     CS_TRY(vit_init(&m, &cfg));
     vit_init_random(&m, 1);
     CS_TRY(vit_alloc_grads(&m));
@@ -208,7 +222,7 @@ static int bench_train(int S, int steps) {
     int gh = m.gh, gw = m.gw, E = cfg.embed;
     size_t nd = (size_t)B * gh * gw * E;
     float *img = random_buffer((size_t)B * 3 * S * S), *teacher = random_buffer((size_t)R * E);
-    float boxes[5 * B16_BOXES], *ddense = malloc(nd * sizeof(float));
+    float boxes[5 * BOXES], *ddense = malloc(nd * sizeof(float));
     CS_CHECK(ddense, "out of memory (%zu floats)", nd);
     for (int r = 0; r < R; r++) { /* the teacher rows arrive normalised from the cache */
         float *t = teacher + (size_t)r * E, s = 0.0f;
@@ -217,8 +231,8 @@ static int bench_train(int S, int steps) {
     }
     random_boxes(boxes, R, gh, gw);
     double flops = 3.0 * vit_forward_flops(&m);
-    printf("== train %d: CLIPSelf step of ViT-B/16, %dx%d (%dx%d tokens), batch %d, %d boxes, "
-           "%d threads ==\n", S, S, S, gh, gw, B, R, cs_num_threads());
+    printf("== %strain%d: CLIPSelf step of %s, %dx%d (%dx%d tokens), batch %d, %d boxes, "
+           "%d threads ==\n", bm->prefix, S, bm->label, S, S, gh, gw, B, R, cs_num_threads());
     enum { FWD, LOSS, BWD, OPT, TOTAL, NPHASE };
     double t[NPHASE][8], loss0 = 0.0;
     float loss = 0.0f;
@@ -248,7 +262,8 @@ static int bench_train(int S, int steps) {
     printf("achieved: %.1f GFLOP/s, counting the step as 3 x the forward (%.1f GFLOP)\n",
            flops / sec * 1e-9, flops * 1e-9);
     printf("peak RSS: %.0f MiB\n", peak_rss_mib());
-    printf("result train%d c %.4f %.2f %.0f\n", S, sec, flops / sec * 1e-9, peak_rss_mib());
+    printf("result %strain%d c %.4f %.2f %.0f\n", bm->prefix, S, sec, flops / sec * 1e-9,
+           peak_rss_mib());
     free(ddense);
     free(img);
     free(teacher);
@@ -259,19 +274,26 @@ static int bench_train(int S, int steps) {
 }
 
 int main(int argc, char **argv) {
-    const char *usage = "usage: bench sgemm | teacher | train SIZE [STEPS]\n"
-                        "  SIZE: image side, a multiple of 16; STEPS: timed steps after one "
-                        "warm-up (default 3; 1 above 448,\n"
-                        "  where a step takes a minute; at most 8)\n";
+    const char *usage = "usage: bench sgemm | [MODEL] teacher | [MODEL] train SIZE [STEPS]\n"
+                        "  MODEL: b16 (default) or eva-b16; SIZE: image side, a multiple of 16;\n"
+                        "  STEPS: timed steps after one warm-up (default 3; 1 above 448, where a\n"
+                        "  step takes a minute; at most 8)\n";
+    const BenchModel *bm = &models[0];
+    for (size_t i = 0; argc >= 2 && i < sizeof models / sizeof models[0]; i++)
+        if (!strcmp(argv[1], models[i].preset)) {
+            bm = &models[i];
+            argc--, argv++;
+            break;
+        }
     if (argc < 2) {
         fputs(usage, stderr);
         return 2;
     }
     cs_set_num_threads(cs_num_threads());
-    if (!strcmp(argv[1], "sgemm")) {
+    if (!strcmp(argv[1], "sgemm") && bm == &models[0]) {
         CS_DIE_IF_FAIL(bench_sgemm());
     } else if (!strcmp(argv[1], "teacher")) {
-        CS_DIE_IF_FAIL(bench_teacher());
+        CS_DIE_IF_FAIL(bench_teacher(bm));
     } else if (!strcmp(argv[1], "train") && argc >= 3) {
         int S = atoi(argv[2]);
         int steps = argc >= 4 ? atoi(argv[3]) : S > 448 ? 1 : 3;
@@ -279,7 +301,7 @@ int main(int argc, char **argv) {
             fputs(usage, stderr);
             return 2;
         }
-        CS_DIE_IF_FAIL(bench_train(S, steps));
+        CS_DIE_IF_FAIL(bench_train(bm, S, steps));
     } else {
         fputs(usage, stderr);
         return 2;

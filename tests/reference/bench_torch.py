@@ -1,14 +1,18 @@
 """bench_torch.py: the PyTorch side of `make bench`: the same cases as tests/bench.c.
 
-Usage: /usr/bin/python3 tests/reference/bench_torch.py sgemm | teacher | train SIZE [STEPS]
+Usage: python3 tests/reference/bench_torch.py sgemm | [MODEL] teacher | [MODEL] train SIZE [STEPS]
 
-The model is tests/reference/vit_ref.py's (torch modules: nn.MultiheadAttention blocks, the
-"v2" dense path, torchvision roi_align), float32, with torch.set_num_threads set to
-OMP_NUM_THREADS (else the processor count), the thread count the C benchmark uses. Run one case
-per process: the peak RSS reported (resource.getrusage) is the whole process's. Each case ends
-with the machine line scripts/bench reads:
+MODEL b16 (the default) is tests/reference/vit_ref.py's ViT-B/16 (torch modules:
+nn.MultiheadAttention blocks, the "v2" dense path); eva-b16 is tests/reference/eva_ref.py's
+EVAVisionTransformer at EVA02-CLIP-B/16's shape (12 blocks, explicit softmax attention with
+RoPE, SwiGLU, its own v2 dense path). Both train with CLIPSelf's freezing (the blocks only),
+torchvision roi_align in the loss, float32, with torch.set_num_threads set to OMP_NUM_THREADS
+(else the processor count), the thread count the C benchmark uses. Run one case per process:
+the peak RSS reported (resource.getrusage) is the whole process's. Each case ends with the
+machine line scripts/bench reads:
     result CASE torch SECONDS GFLOPS RSS_MIB     ("-" where a field does not apply,
                                                   SECONDS "skipped" when it would not fit)
+CASE as in tests/bench.c: sgemm, teacher or trainSIZE, prefixed with "eva_" for eva-b16.
 """
 import os
 import resource
@@ -19,10 +23,38 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import vit_ref  # noqa: E402  (the reference model lives once, next to this file)
+import eva_ref  # noqa: E402  (the reference models live once, next to this file)
+import vit_ref  # noqa: E402
 
-B16 = vit_ref.CONFIGS["b16"]
 BOXES = 16
+
+
+class Model:
+    """One model the benchmark runs, through its reference module's own helpers."""
+
+    def __init__(self, label, prefix, ref, cfg):
+        self.label, self.prefix, self.ref, self.cfg = label, prefix, ref, cfg
+
+    def build(self):
+        return self.ref.build_model(self.cfg, seed=1)
+
+    def trainable(self, model):
+        """CLIPSelf's freezing (the blocks train); (name, parameter) of what trains."""
+        if self.ref is vit_ref:
+            vit_ref.set_clipself_freezing(model)
+            named = vit_ref.visual_params(model)
+        else:
+            eva_ref.set_freezing(model, 2)
+            named = list(model.named_parameters())
+        return [(n, t) for n, t in named if t.requires_grad]
+
+
+MODELS = {
+    "b16": Model("ViT-B/16", "", vit_ref, vit_ref.CONFIGS["b16"]),
+    # eva_ref's eva_b16 fixture has 2 blocks; the released model has 12
+    "eva-b16": Model("EVA02-CLIP-B/16", "eva_", eva_ref,
+                     dict(eva_ref.CONFIGS["eva_b16"], layers=12)),
+}
 
 
 def threads():
@@ -87,12 +119,12 @@ def bench_sgemm():
     print("result sgemm torch - %.2f %.0f" % (rate, peak_rss_mib()))
 
 
-def bench_teacher():
+def bench_teacher(m):
     B, S, reps = 8, 224, 3
-    model = vit_ref.build_model(B16, seed=1).eval()
+    model = m.build().eval()
     img = torch.randn(B, 3, S, S)
-    print("== teacher: ViT-B/16 image embedding, %dx%d, batch %d, inference, %d threads ==" % (
-        S, S, B, threads()))
+    print("== %steacher: %s image embedding, %dx%d, batch %d, inference, %d threads ==" % (
+        m.prefix, m.label, S, S, B, threads()))
     times = []
     with torch.no_grad():
         model.forward_image(img)  # warm-up
@@ -104,16 +136,17 @@ def bench_teacher():
     print("forward: %.3f s per batch (median of %d after a warm-up), %.2f images/s" % (
         sec, reps, B / sec))
     print("peak RSS: %.0f MiB" % peak_rss_mib())
-    print("result teacher torch %.4f - %.0f" % (sec, peak_rss_mib()))
+    print("result %steacher torch %.4f - %.0f" % (m.prefix, sec, peak_rss_mib()))
 
 
-def need_gib(S):
-    """PyTorch's peak for one training step at S x S: nn.MultiheadAttention keeps every
-    layer's (heads, T, T) probabilities for the backward, and the softmax backward briefly
-    holds more; the rest (weights, AdamW moments, token activations) is ~2.5 GiB. Fitted to
-    this benchmark's peaks: 3102 MiB at 448, 16134 MiB at 1024 (probabilities 9.0 GiB)."""
-    T = (S // B16["patch"]) ** 2 + 1
-    probs = B16["layers"] * B16["heads"] * T * T * 4 / 2**30
+def need_gib(cfg, S):
+    """PyTorch's peak for one training step at S x S: the attention keeps every layer's
+    (heads, T, T) probabilities for the backward, and the softmax backward briefly holds more;
+    the rest (weights, AdamW moments, token activations) is ~2.5 GiB. Fitted to this
+    benchmark's ViT-B/16 peaks: 3102 MiB at 448, 16134 MiB at 1024 (probabilities 9.0 GiB);
+    EVA02-CLIP-B/16 has the same shape of attention and keeps the same."""
+    T = (S // cfg["patch"]) ** 2 + 1
+    probs = cfg["layers"] * cfg["heads"] * T * T * 4 / 2**30
     return 1.47 * probs + 2.55
 
 
@@ -126,32 +159,33 @@ def random_boxes(R, gh, gw, g):
     return torch.stack([torch.zeros(R), x1, y1, x2, y2], dim=1)
 
 
-def bench_train(S, steps):
-    print("== train %d: CLIPSelf step of ViT-B/16, %dx%d, batch 1, %d boxes, %d threads ==" % (
-        S, S, S, BOXES, threads()))
-    need, avail = need_gib(S), mem_available_gib()
+def bench_train(m, S, steps):
+    print("== %strain%d: CLIPSelf step of %s, %dx%d, batch 1, %d boxes, %d threads ==" % (
+        m.prefix, S, m.label, S, S, BOXES, threads()))
+    need, avail = need_gib(m.cfg, S), mem_available_gib()
     if need > 0.95 * avail:
         print("skipped: PyTorch needs ~%.1f GiB here, %.1f GiB is available" % (need, avail))
-        print("result train%d torch skipped - -" % S)
+        print("result %strain%d torch skipped - -" % (m.prefix, S))
         return
     g = torch.Generator().manual_seed(1)
-    model = vit_ref.build_model(B16, seed=1).train()
-    vit_ref.set_clipself_freezing(model)
-    named = [(n, t) for n, t in vit_ref.visual_params(model) if t.requires_grad]
+    model = m.build().train()
+    named = m.trainable(model)
+    decays = m.ref.decays
     opt = torch.optim.AdamW(
-        [{"params": [t for n, t in named if vit_ref.decays(n, t)], "weight_decay": 0.1},
-         {"params": [t for n, t in named if not vit_ref.decays(n, t)], "weight_decay": 0.0}],
+        [{"params": [t for n, t in named if decays(n, t)], "weight_decay": 0.1},
+         {"params": [t for n, t in named if not decays(n, t)], "weight_decay": 0.0}],
         lr=1e-5, betas=(0.9, 0.999), eps=1e-8)
-    gh = gw = S // B16["patch"]
+    gh = gw = S // m.cfg["patch"]
     img = torch.randn(1, 3, S, S, generator=g)
-    teacher = torch.nn.functional.normalize(torch.randn(BOXES, B16["embed"], generator=g), dim=-1)
+    teacher = torch.nn.functional.normalize(torch.randn(BOXES, m.cfg["embed"], generator=g),
+                                            dim=-1)
     boxes = random_boxes(BOXES, gh, gw, g)
     phases = {"forward+loss": [], "backward": [], "adamw": [], "total": []}
     losses = []
     for s in range(steps + 1):  # s == 0 warms up
         t0 = time.perf_counter()
         opt.zero_grad()
-        loss = vit_ref.dense_loss(model, img, boxes, teacher)[0]
+        loss = m.ref.dense_loss(model, img, boxes, teacher)[0]
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -168,24 +202,26 @@ def bench_train(S, steps):
               statistics.median(phases["backward"]), statistics.median(phases["adamw"]),
               losses[0], losses[-1]))
     print("peak RSS: %.0f MiB" % peak_rss_mib())
-    print("result train%d torch %.4f - %.0f" % (S, sec, peak_rss_mib()))
+    print("result %strain%d torch %.4f - %.0f" % (m.prefix, S, sec, peak_rss_mib()))
 
 
 def main():
     usage = __doc__.split("\n")[2]
     args = sys.argv[1:]
+    m = MODELS[args.pop(0)] if args and args[0] in MODELS else None
     torch.set_num_threads(threads())
     torch.manual_seed(0)
-    if args == ["sgemm"]:
+    if args == ["sgemm"] and m is None:
         bench_sgemm()
     elif args == ["teacher"]:
-        bench_teacher()
+        bench_teacher(m or MODELS["b16"])
     elif len(args) in (2, 3) and args[0] == "train" and all(a.isdigit() for a in args[1:]):
+        m = m or MODELS["b16"]
         S = int(args[1])
         steps = int(args[2]) if len(args) == 3 else (1 if S > 448 else 3)
-        if S % B16["patch"] or not 1 <= steps <= 8:
+        if S % m.cfg["patch"] or not 1 <= steps <= 8:
             sys.exit(usage)
-        bench_train(S, steps)
+        bench_train(m, S, steps)
     else:
         sys.exit(usage)
 
