@@ -27,6 +27,7 @@
 #include "clipself.h"
 #include "ops.h"
 #include "testutil.h"
+#include "vitcheck.h"
 #include "vit.h"
 
 /* Every element of the k third of each block's qkv bias (of params or grads) is exactly 0. */
@@ -37,45 +38,6 @@ static int kbias_zero(const Vit *m, const float *buf) {
         for (int i = 0; i < C; i++)
             if (b[(size_t)l * 3 * C + C + i] != 0.0f) return 0;
     return 1;
-}
-
-/* Compare every tensor of buf (laid out as m's parameters) that is not frozen (all of them if
- * !only_trainable) with group/<name>; tolerance rel * (|want| + max|want|) + atol. Frozen
- * tensors must hold exactly zero (gradients) when zero_frozen. */
-static void compare_tensors(const char *tag, const Vit *m, const float *buf, hid_t f,
-                            const char *group, int only_trainable, int zero_frozen, float rel,
-                            float atol) {
-    for (int i = 0; i < VIT_NUM_TENSORS; i++) {
-        const VitTensor *t = &m->tensors[i];
-        if (!t->numel) continue; /* not part of this architecture */
-        if (only_trainable && m->frozen[i]) {
-            if (zero_frozen) {
-                char label[300];
-                snprintf(label, sizeof label, "%s frozen %s gets no gradient", tag, t->name);
-                const float *g = buf + t->offset;
-                size_t nz = 0;
-                for (size_t j = 0; j < t->numel; j++) nz += g[j] != 0.0f;
-                tu_check(nz == 0, label, "non-zero elements");
-            }
-            continue;
-        }
-        int L = t->per_layer ? m->cfg.layers : 1;
-        size_t per = t->numel / (size_t)L;
-        for (int l = 0; l < L; l++) {
-            char name[256], path[512], label[600];
-            snprintf(name, sizeof name, t->name, l);
-            snprintf(path, sizeof path, "%s/%s", group, name);
-            snprintf(label, sizeof label, "%s %s", tag, path);
-            size_t n;
-            float *want = tu_read(f, path, &n);
-            const float *got = buf + t->offset + (size_t)l * per;
-            if (n != per)
-                tu_check(0, label, "element count differs from the fixture");
-            else
-                tu_close(label, got, want, n, rel, rel * tu_absmax(want, n) + atol);
-            free(want);
-        }
-    }
 }
 
 /* CLIPSelf's loss on the dense map and its gradient ddense; returns the loss. */
@@ -157,7 +119,7 @@ static void run_case(const char *cfgname, Vit *m, hid_t f, const char *cname, fl
     tu_close_scaled(label, dimg, want, nimg, grad_rel);
     free(want);
     snprintf(path, sizeof path, "/%s/grad", cname);
-    compare_tensors(tag, m, m->grads_mem, f, path, 1, 1, grad_rel, 0.0f);
+    tu_compare_vit(tag, m, m->grads_mem, f, path, 1, 1, grad_rel, 0.0f, 0.0f);
     snprintf(label, sizeof label, "%s: the k bias (EVA has none) gets exactly 0", tag);
     tu_check(kbias_zero(m, m->grads_mem), label, "non-zero gradient in the k third of qkv_b");
 #undef FX
@@ -211,7 +173,7 @@ static void run_adamw(const char *cfgname, const char *model_path, hid_t f, floa
     snprintf(label, sizeof label, "%s adamw", cfgname);
     /* as test_vit: Adam normalises each gradient element by its own running scale, so elements
      * whose gradient is near rounding level move by up to ~lr in either implementation */
-    compare_tensors(label, &m, m.params_mem, f, "/adamw/param", 0, 0, adam_rel, 0.05f * ac.lr);
+    tu_compare_vit(label, &m, m.params_mem, f, "/adamw/param", 0, 0, adam_rel, 0.05f * ac.lr, 0.0f);
     snprintf(label, sizeof label, "%s adamw: the k bias stays exactly 0", cfgname);
     tu_check(kbias_zero(&m, m.params_mem), label, "AdamW moved the k third of qkv_b");
     adamw_free(&opt);

@@ -18,6 +18,7 @@
 #include "ops.h"
 #include "safetensors.h"
 #include "testutil.h"
+#include "vitcheck.h"
 #include "vit.h"
 
 /* The reference's optimiser settings and schedule, from /adamw's attributes. */
@@ -33,46 +34,6 @@ static AdamWConfig read_adamw(hid_t f, long *warmup, long *total, long *steps) {
     *steps = (long)tu_attr_double(ga, "steps");
     H5Gclose(ga);
     return ac;
-}
-
-/* Compare every tensor of buf (laid out as m's parameters) with group/<name> datasets; only
- * tensors that are not frozen when only_trainable. Tolerance: rel * (|want| + max|want|) + atol.
- * kbias_atol > 0 compares the key rows of in_proj_bias with that absolute tolerance instead:
- * their true gradient is zero (softmax ignores a shift shared by all keys), so what backprop
- * gives there is rounding noise, and Adam scales noise up to steps of about lr. */
-static void compare_tensors(const char *tag, const Vit *m, const float *buf, hid_t f,
-                            const char *group, int only_trainable, float rel, float atol,
-                            float kbias_atol) {
-    for (int i = 0; i < VIT_NUM_TENSORS; i++) {
-        const VitTensor *t = &m->tensors[i];
-        if (!t->numel) continue; /* not part of this architecture */
-        if (only_trainable && m->frozen[i]) continue;
-        int L = t->per_layer ? m->cfg.layers : 1;
-        size_t per = t->numel / (size_t)L;
-        for (int l = 0; l < L; l++) {
-            char name[256], path[512], label[600];
-            snprintf(name, sizeof name, t->name, l);
-            snprintf(path, sizeof path, "%s/%s", group, name);
-            snprintf(label, sizeof label, "%s %s", tag, path);
-            size_t n;
-            float *want = tu_read(f, path, &n);
-            const float *got = buf + t->offset + (size_t)l * per;
-            int C = m->cfg.width;
-            if (n != per) {
-                tu_check(0, label, "element count differs from the fixture");
-            } else if (i == VIT_QKV_B && kbias_atol > 0) {
-                char kl[640];
-                snprintf(kl, sizeof kl, "%s (key rows, zero true gradient)", label);
-                tu_close(kl, got + C, want + C, (size_t)C, 0.0f, kbias_atol);
-                tu_close(label, got, want, (size_t)C, rel, rel * tu_absmax(want, n) + atol);
-                tu_close(label, got + 2 * C, want + 2 * C, (size_t)C, rel,
-                         rel * tu_absmax(want, n) + atol);
-            } else {
-                tu_close(label, got, want, n, rel, rel * tu_absmax(want, n) + atol);
-            }
-            free(want);
-        }
-    }
 }
 
 /* Dense path, region features, loss and gradients; returns the loss. */
@@ -164,7 +125,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     tu_close(label, &loss, want, 1, fwd_rel, 0.0f);
     free(want);
     snprintf(label, sizeof label, "%s dense", cfgname);
-    compare_tensors(label, &m, m.grads_mem, f, "/dense/grad", 1, grad_rel, 0.0f, 0.0f);
+    tu_compare_vit(label, &m, m.grads_mem, f, "/dense/grad", 1, 0, grad_rel, 0.0f, 0.0f);
 
     /* ---- Hugging Face names load to the same model: identical dense map ---- */
     snprintf(fx, sizeof fx, "%s.hf.safetensors", cfgname);
@@ -200,7 +161,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     vit_zero_grad(&m);
     CS_DIE_IF_FAIL(vit_backward(&m, iw, NULL));
     snprintf(label, sizeof label, "%s image", cfgname);
-    compare_tensors(label, &m, m.grads_mem, f, "/image/grad", 0, grad_rel, 0.0f, 0.0f);
+    tu_compare_vit(label, &m, m.grads_mem, f, "/image/grad", 0, 0, grad_rel, 0.0f, 0.0f);
 
     /* ---- three AdamW steps on the schedule, from the checkpoint's weights ---- */
     vit_free(&m);
@@ -221,7 +182,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
      * gradient is near rounding level move by up to ~lr in either implementation: 5% of the
      * largest step is allowed on top of the relative tolerance, the key bias up to 1.1 lr per
      * step. The AdamW arithmetic itself is checked exactly by adamw_exact. */
-    compare_tensors(label, &m, m.params_mem, f, "/adamw/param", 0, adam_rel, 0.05f * ac.lr,
+    tu_compare_vit(label, &m, m.params_mem, f, "/adamw/param", 0, 0, adam_rel, 0.05f * ac.lr,
                     1.1f * ac.lr * (float)steps);
 
     adamw_free(&opt);
@@ -269,8 +230,8 @@ static void adamw_exact(void) {
     AdamW opt;
     CS_DIE_IF_FAIL(adamw_init(&opt, &ac, m.num_params));
     adamw_step(&opt, &m, mine[0]);
-    compare_tensors("tiny adamw one step from the reference gradients", &m, m.params_mem, f,
-                    "/adamw/step1", 1, 1e-6f, 0.0f, 0.0f);
+    tu_compare_vit("tiny adamw one step from the reference gradients", &m, m.params_mem, f,
+                    "/adamw/step1", 1, 0, 1e-6f, 0.0f, 0.0f);
     free(lrs), free(mine);
     adamw_free(&opt);
     vit_free(&m);

@@ -1,0 +1,60 @@
+/* vitcheck.h: comparing a ViT's flat buffers (parameters or gradients) with a reference
+ * fixture tensor by tensor, shared by test_vit (CLIP) and test_eva (EVA02). */
+#ifndef CLIPSELF_VITCHECK_H
+#define CLIPSELF_VITCHECK_H
+
+#include "testutil.h"
+#include "vit.h"
+
+/* Compare every tensor of buf (laid out as m's parameters) with group/<name> datasets, block by
+ * block; only tensors that are not frozen when only_trainable, and then, with zero_frozen, the
+ * frozen ones must hold exactly 0 (gradients). Tolerance: rel * (|want| + max|want|) + atol.
+ * kbias_atol > 0 compares the key rows of a CLIP in_proj_bias with that absolute tolerance
+ * instead: their true gradient is zero (softmax ignores a shift shared by all keys), so what
+ * backprop gives there is rounding noise, and Adam scales noise up to steps of about lr. */
+static inline void tu_compare_vit(const char *tag, const Vit *m, const float *buf, hid_t f,
+                                  const char *group, int only_trainable, int zero_frozen,
+                                  float rel, float atol, float kbias_atol) {
+    int C = m->cfg.width;
+    for (int i = 0; i < VIT_NUM_TENSORS; i++) {
+        const VitTensor *t = &m->tensors[i];
+        if (!t->numel) continue; /* not part of this architecture */
+        if (only_trainable && m->frozen[i]) {
+            if (zero_frozen) {
+                char label[300];
+                snprintf(label, sizeof label, "%s frozen %s gets no gradient", tag, t->name);
+                const float *g = buf + t->offset;
+                size_t nz = 0;
+                for (size_t j = 0; j < t->numel; j++) nz += g[j] != 0.0f;
+                tu_check(nz == 0, label, "non-zero elements");
+            }
+            continue;
+        }
+        int L = t->per_layer ? m->cfg.layers : 1;
+        size_t per = t->numel / (size_t)L;
+        for (int l = 0; l < L; l++) {
+            char name[256], path[512], label[1100];
+            snprintf(name, sizeof name, t->name, l);
+            snprintf(path, sizeof path, "%s/%s", group, name);
+            snprintf(label, sizeof label, "%s %s", tag, path);
+            size_t n;
+            float *want = tu_read(f, path, &n);
+            const float *got = buf + t->offset + (size_t)l * per;
+            if (n != per) {
+                tu_check(0, label, "element count differs from the fixture");
+            } else if (i == VIT_QKV_B && kbias_atol > 0) {
+                char kl[1200];
+                snprintf(kl, sizeof kl, "%s (key rows, zero true gradient)", label);
+                tu_close(kl, got + C, want + C, (size_t)C, 0.0f, kbias_atol);
+                tu_close(label, got, want, (size_t)C, rel, rel * tu_absmax(want, n) + atol);
+                tu_close(label, got + 2 * C, want + 2 * C, (size_t)C, rel,
+                         rel * tu_absmax(want, n) + atol);
+            } else {
+                tu_close(label, got, want, n, rel, rel * tu_absmax(want, n) + atol);
+            }
+            free(want);
+        }
+    }
+}
+
+#endif
