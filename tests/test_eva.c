@@ -133,15 +133,8 @@ static void run_adamw(const char *cfgname, const char *model_path, hid_t f, floa
     CS_DIE_IF_FAIL(vit_load_h5(&m, model_path, NULL));
     CS_DIE_IF_FAIL(vit_alloc_grads(&m));
     vit_freeze_clipself(&m);
-    hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
-    AdamWConfig ac = {.lr = (float)tu_attr_double(ga, "lr"),
-                      .beta1 = (float)tu_attr_double(ga, "beta1"),
-                      .beta2 = (float)tu_attr_double(ga, "beta2"),
-                      .eps = (float)tu_attr_double(ga, "eps"),
-                      .weight_decay = (float)tu_attr_double(ga, "weight_decay")};
-    long warmup = tu_attr_long(ga, "warmup"), total = tu_attr_long(ga, "total_steps");
-    long steps = tu_attr_long(ga, "steps");
-    H5Gclose(ga);
+    long warmup, total, steps;
+    AdamWConfig ac = tu_read_adamw(f, &warmup, &total, &steps);
     hid_t ds = H5Dopen2(f, "/adamw/image", H5P_DEFAULT);
     hid_t sp = H5Dget_space(ds);
     hsize_t dims[4];

@@ -21,21 +21,6 @@
 #include "vitcheck.h"
 #include "vit.h"
 
-/* The reference's optimiser settings and schedule, from /adamw's attributes. */
-static AdamWConfig read_adamw(hid_t f, long *warmup, long *total, long *steps) {
-    hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
-    AdamWConfig ac = {.lr = (float)tu_attr_double(ga, "lr"),
-                      .beta1 = (float)tu_attr_double(ga, "beta1"),
-                      .beta2 = (float)tu_attr_double(ga, "beta2"),
-                      .eps = (float)tu_attr_double(ga, "eps"),
-                      .weight_decay = (float)tu_attr_double(ga, "weight_decay")};
-    *warmup = (long)tu_attr_double(ga, "warmup");
-    *total = (long)tu_attr_double(ga, "total_steps");
-    *steps = (long)tu_attr_double(ga, "steps");
-    H5Gclose(ga);
-    return ac;
-}
-
 /* Dense path, region features, loss and gradients; returns the loss. */
 static float dense_step(Vit *m, ClipselfLoss *cl, const float *img, const float *boxes,
                         const float *teacher, int R, int B, int H, int W, float *ddense) {
@@ -170,7 +155,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
     CS_DIE_IF_FAIL(vit_alloc_grads(&m));
     vit_freeze_clipself(&m);
     long warmup, total, steps;
-    AdamWConfig ac = read_adamw(f, &warmup, &total, &steps);
+    AdamWConfig ac = tu_read_adamw(f, &warmup, &total, &steps);
     AdamW opt;
     CS_DIE_IF_FAIL(adamw_init(&opt, &ac, m.num_params));
     for (long s = 0; s < steps; s++) {
@@ -221,7 +206,7 @@ static void adamw_exact(void) {
         }
     }
     long warmup, total, steps;
-    AdamWConfig ac = read_adamw(f, &warmup, &total, &steps);
+    AdamWConfig ac = tu_read_adamw(f, &warmup, &total, &steps);
     size_t nl;
     float *lrs = tu_read(f, "/adamw/lrs", &nl);
     float *mine = malloc(nl * sizeof(float));

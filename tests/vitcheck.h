@@ -1,8 +1,10 @@
 /* vitcheck.h: comparing a ViT's flat buffers (parameters or gradients) with a reference
- * fixture tensor by tensor, shared by test_vit (CLIP) and test_eva (EVA02). */
+ * fixture tensor by tensor, and the fixtures' AdamW settings; shared by test_vit (CLIP) and
+ * test_eva (EVA02). */
 #ifndef CLIPSELF_VITCHECK_H
 #define CLIPSELF_VITCHECK_H
 
+#include "adamw.h"
 #include "testutil.h"
 #include "vit.h"
 
@@ -55,6 +57,21 @@ static inline void tu_compare_vit(const char *tag, const Vit *m, const float *bu
             free(want);
         }
     }
+}
+
+/* The reference's optimiser settings and schedule, from /adamw's attributes. */
+static inline AdamWConfig tu_read_adamw(hid_t f, long *warmup, long *total, long *steps) {
+    hid_t ga = H5Gopen2(f, "/adamw", H5P_DEFAULT);
+    AdamWConfig ac = {.lr = (float)tu_attr_double(ga, "lr"),
+                      .beta1 = (float)tu_attr_double(ga, "beta1"),
+                      .beta2 = (float)tu_attr_double(ga, "beta2"),
+                      .eps = (float)tu_attr_double(ga, "eps"),
+                      .weight_decay = (float)tu_attr_double(ga, "weight_decay")};
+    *warmup = (long)tu_attr_double(ga, "warmup");
+    *total = (long)tu_attr_double(ga, "total_steps");
+    *steps = (long)tu_attr_double(ga, "steps");
+    H5Gclose(ga);
+    return ac;
 }
 
 #endif
