@@ -177,27 +177,35 @@ wait_step() {
   done
   return 1
 }
-# release: a requeued job waits out Slurm's requeue delay (BeginTime); start it now
+# release: a requeued job waits out Slurm's requeue delay (BeginTime); start it now, but not
+# within the second its last run ended: slurmd revokes the job's credentials as of that second,
+# and a launch in it is refused ("Job credential revoked"), failing the job and cancelling its
+# dependents (seen in CI). A start time ahead (now+2) would wait for the scheduler's next
+# periodic pass, about a minute.
 release() {
   for _ in $(seq 1 300); do
     r=$(squeue -h -j "$tj" -o '%T %r' 2>/dev/null)
-    case $r in "PENDING BeginTime") scontrol update JobId="$tj" StartTime=now; return 0 ;; esac
+    case $r in "PENDING BeginTime") sleep 1.2; scontrol update JobId="$tj" StartTime=now; return 0 ;; esac
     sleep 0.1
   done
   return 1
 }
 wait_step 6 || bad "training reached step 6"
+echo "test_slurm: $(date +%T) USR1 to job $tj at step $(steps)"
 scancel --signal=USR1 --batch "$tj"   # what --signal=B:USR1@S delivers before the time limit
 release || bad "the job requeued itself after the warning signal"
 tlog=$T/rq/logs/clipself-train-rq-$tj.out
 for _ in $(seq 1 600); do grep -q 'resumed from' "$tlog" && break; sleep 0.1; done
 check "the requeued job resumed from a checkpoint" grep -q 'resumed from' "$tlog"
 n=$(steps)
+echo "test_slurm: $(date +%T) resumed at step $n"
 wait_step $(( n + 3 )) || bad "training went on after the first requeue"
+echo "test_slurm: $(date +%T) scontrol requeue $tj at step $(steps)"
 scontrol requeue "$tj"
 release || bad "scontrol requeue requeued the job"
 wait_jobs 600 $ids || bad "the requeued chain finished in time"
 check "training job completed" test "$(job_state "$tj")" = COMPLETED
+check "no launch of it was refused" bash -c "! grep -iE 'JobId=$tj[^0-9].*(revoked|non-startable)' '$T/cluster/slurmctld.log'"
 check "it ran three times (restart count 2)" grep -q "start 2 on" "$tlog"
 check "its ranks ran as srun steps" grep -q "launcher srun" "$tlog"
 check "the warning signal made it checkpoint and requeue itself" grep -q "requeueing job $tj" "$tlog"
@@ -208,5 +216,10 @@ check "so does its log (but the rate column)" \
   cmp <(cut -d, -f1-4 "$T/local/train/train_log.csv") <(cut -d, -f1-4 "$log")
 check "the evaluation after training ran" test -s "$T/rq/comparison.json"
 grep -E "resumed from|requeue|USR1|TERM" "$tlog" | sed 's/^/  /'
-[ "$fail" -gt 0 ] && { tail -n 20 "$T/slurm/logs/"*.out 2>/dev/null | tail -n 60; }
+if [ "$fail" -gt 0 ]; then
+  tail -n 20 "$T/slurm/logs/"*.out 2>/dev/null | tail -n 40
+  echo "---- the preempted training's log, and what slurmctld said of job $tj"
+  tail -n 40 "$tlog"
+  grep -E "JobId=$tj[^0-9]|job $tj[^0-9]" "$T/cluster/slurmctld.log" | tail -n 30
+fi
 finish
