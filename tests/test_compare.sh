@@ -12,9 +12,7 @@ trap 'rm -rf "$T"' EXIT
 # shellcheck source=tests/testlib.sh
 source "$(dirname "$0")/testlib.sh"
 
-dataset_entry t >"$T/datasets.cfg"
-D=(--datasets "$T/datasets.cfg" --dataset t)
-run "$BIN/make_dataset" --out "$T/data" --train 2 --val 4 --min-size 64 --max-size 128 || bad make_dataset
+gen_dataset 2 4
 run "$BIN/init_model" --preset tiny --seed 3 --out "$T/model_a.h5" || bad init_model
 run "$BIN/init_model" --preset tiny --seed 4 --out "$T/model_b.h5" || bad init_model
 run "$BIN/random_classes" "${D[@]}" --embed 32 || bad random_classes

@@ -15,9 +15,7 @@ trap 'rm -rf "$T"' EXIT
 # shellcheck source=tests/testlib.sh
 source "$(dirname "$0")/testlib.sh"
 
-dataset_entry t >"$T/datasets.cfg"
-D=(--datasets "$T/datasets.cfg" --dataset t)
-run "$BIN/make_dataset" --out "$T/data" --train 12 --val 4 --min-size 64 --max-size 128 || bad make_dataset
+gen_dataset 12 4
 
 # ---- init_model and forward ----
 run "$BIN/init_model" --preset eva-tiny --seed 3 --out "$T/eva.h5" || bad "init_model eva-tiny"

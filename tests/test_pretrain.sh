@@ -28,8 +28,7 @@ else
   bad "tests/reference/contrastive_ref.py failed (is torch installed for $PY?)"
 fi
 
-dataset_entry t >"$T/datasets.cfg"
-run "$BIN/make_dataset" --out "$T/data" --train 24 --val 8 --min-size 64 --max-size 128 || bad make_dataset
+gen_dataset 24 8
 ANN=$T/data/panoptic_val.json
 D=(--datasets "$T/datasets.cfg" --dataset t --annotations "$ANN")
 M=(--width 64 --layers 2 --heads 2 --mlp 256 --embed 32 --warmup 10)

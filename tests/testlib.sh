@@ -19,6 +19,15 @@ classes = data/classes.h5
 CFG
 }
 
+# gen_dataset TRAIN VAL [MAX_SIZE]: make_dataset's images (sides 64 to MAX_SIZE, default 128) as
+# dataset "t" of $T/datasets.cfg, and D, the options that name it ($BIN and $T: the caller's)
+gen_dataset() {
+  dataset_entry t >"$T/datasets.cfg"
+  D=(--datasets "$T/datasets.cfg" --dataset t)
+  run "$BIN/make_dataset" --out "$T/data" --train "$1" --val "$2" --min-size 64 --max-size "${3:-128}" ||
+    bad make_dataset
+}
+
 # The stage tests' environment: MPI as root, one thread a rank, sanitizer options passed on.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1}
