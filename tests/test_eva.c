@@ -135,12 +135,8 @@ static void run_adamw(const char *cfgname, const char *model_path, hid_t f, floa
     vit_freeze_clipself(&m);
     long warmup, total, steps;
     AdamWConfig ac = tu_read_adamw(f, &warmup, &total, &steps);
-    hid_t ds = H5Dopen2(f, "/adamw/image", H5P_DEFAULT);
-    hid_t sp = H5Dget_space(ds);
     hsize_t dims[4];
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    H5Sclose(sp);
-    H5Dclose(ds);
+    tu_image_dims(f, "/adamw/image", dims);
     int B = (int)dims[0], H = (int)dims[2], W = (int)dims[3], E = m.cfg.embed;
     size_t nb;
     float *img = tu_read(f, "/adamw/image", NULL), *boxes = tu_read(f, "/adamw/boxes", &nb);

@@ -56,12 +56,8 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
 
     /* ---- dense path, regions, loss, gradients of the trained parameters ---- */
     size_t n_img, n_boxes, n_teacher, n_masks;
-    hid_t ds = H5Dopen2(f, "/dense/image", H5P_DEFAULT);
-    hid_t sp = H5Dget_space(ds);
     hsize_t dims[4];
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    H5Sclose(sp);
-    H5Dclose(ds);
+    tu_image_dims(f, "/dense/image", dims);
     int B = (int)dims[0], H = (int)dims[2], W = (int)dims[3], E = c->embed;
     float *img = tu_read(f, "/dense/image", &n_img);
     float *boxes = tu_read(f, "/dense/boxes", &n_boxes);
@@ -129,11 +125,7 @@ static void run_config(const char *cfgname, float fwd_rel, float grad_rel, float
 
     /* ---- image embedding, gradients of every parameter ---- */
     memset(m.frozen, 0, sizeof m.frozen);
-    ds = H5Dopen2(f, "/image/image", H5P_DEFAULT);
-    sp = H5Dget_space(ds);
-    H5Sget_simple_extent_dims(sp, dims, NULL);
-    H5Sclose(sp);
-    H5Dclose(ds);
+    tu_image_dims(f, "/image/image", dims);
     int BI = (int)dims[0];
     float *iimg = tu_read(f, "/image/image", NULL);
     float *iw = tu_read(f, "/image/weight", NULL);

@@ -123,6 +123,20 @@ static inline float *tu_read(hid_t file, const char *path, size_t *n) {
     return buf;
 }
 
+/* The shape of a fixture's image batch (B, 3, H, W). Exits naming the dataset if it is missing
+ * or of another rank. */
+static inline void tu_image_dims(hid_t file, const char *path, hsize_t dims[4]) {
+    hid_t ds = H5Lexists(file, path, H5P_DEFAULT) > 0 ? H5Dopen2(file, path, H5P_DEFAULT) : -1;
+    hid_t sp = ds < 0 ? -1 : H5Dget_space(ds);
+    if (sp < 0 || H5Sget_simple_extent_ndims(sp) != 4) {
+        fprintf(stderr, "fixture dataset %s is missing or not (B, 3, H, W)\n", path);
+        exit(1);
+    }
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    H5Sclose(sp);
+    H5Dclose(ds);
+}
+
 static inline hid_t tu_open_fixture(const char *name) {
     const char *dir = getenv("FIXTURES");
     char path[1024];
