@@ -1,7 +1,8 @@
 # clipself: one library (pipeline/ -> build/libclipself.a), thin stages, tests and benchmarks.
 #
 #   make            build the library, stages and tests
-#   make check      install missing dependencies, then run every test (plain and sanitized)
+#   make check      install missing dependencies, then run every test (plain and sanitized),
+#                   and the numerical ones again under two more BLIS kernel sets (test-kernels)
 #   make demo       install missing dependencies, then run the main job
 #   make bench      performance report (ratios against BLIS sgemm and PyTorch)
 #   make deps       install missing Debian packages (scripts/install-deps)
@@ -97,7 +98,6 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB)
 
 # ---- fixtures from the PyTorch reference --------------------------------------------------
 FIXTURES := build/fixtures
-SHARED ?= $(CURDIR)/../shared
 $(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/eva_ref.py tests/reference/ops_ref.py tests/reference/coco_ref.py tests/reference/image_ref.py tests/reference/contrastive_ref.py
 	@mkdir -p $(FIXTURES)
 	$(PYTHON) tests/reference/contrastive_ref.py --out $(FIXTURES)
@@ -105,22 +105,34 @@ $(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/eva_ref.py tests/r
 	$(PYTHON) tests/reference/vit_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/eva_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/coco_ref.py --out $(FIXTURES)
-	$(PYTHON) tests/reference/image_ref.py --out $(FIXTURES) --data $(SHARED)/data
-	$(PYTHON) tests/reference/text_ref.py --out $(FIXTURES) --data $(SHARED)/data
+	$(PYTHON) tests/reference/image_ref.py --out $(FIXTURES) --data tests/data
+	$(PYTHON) tests/reference/text_ref.py --out $(FIXTURES) --data data
 	@touch $@
 $(FIXTURES)/.done: tests/reference/text_ref.py
 
 # ---- tests -------------------------------------------------------------------------------
-.PHONY: all check test test-san deps demo bench clean
+.PHONY: all check test test-kernels test-san deps demo bench clean
 deps:
 	@scripts/install-deps
 
 check: deps
 	$(MAKE) WERROR=1 test
+	$(MAKE) WERROR=1 test-kernels
 	$(MAKE) WERROR=1 SAN=1 test
 
+# The tests whose results depend on how BLIS rounds (every comparison with PyTorch or between
+# rank counts), run again under BLIS's generic kernels and the CPU's SIMD set
+# (scripts/test-kernels).
+NUM_TESTS := $(addprefix $(BUILD)/tests/,test_ops test_vit test_eva test_contrastive test_text \
+               test_checkpoint)
+NUM_SCRIPTS := tests/test_stages.sh tests/test_export.sh tests/test_embed_text.sh \
+               tests/test_open_vocab.sh
+test-kernels: all $(FIXTURES)/.done
+	@FIXTURES=$(FIXTURES) BUILD=$(BUILD) PYTHON=$(PYTHON) \
+	  scripts/test-kernels $(BUILD) $(NUM_TESTS) $(NUM_SCRIPTS)
+
 test: all $(FIXTURES)/.done
-	@FIXTURES=$(FIXTURES) SHARED=$(SHARED) BUILD=$(BUILD) PYTHON=$(PYTHON) \
+	@FIXTURES=$(FIXTURES) BUILD=$(BUILD) PYTHON=$(PYTHON) \
 	  scripts/run-tests $(BUILD) $(TESTS) $(TEST_SCRIPTS)
 
 demo: deps

@@ -4,7 +4,7 @@
  * polygons, RLE, nested objects and arrays (some holding keys named like ours) to skip, unicode
  * and escaped file names and a 64-bit id beyond double precision; a panoptic file with
  * non-contiguous category ids, an unannotated image and an empty segment list. The real
- * category files from the shared data folder ($SHARED, default ../shared). Every malformed
+ * category files of the repository's data/coco/. Every malformed
  * file (truncated, bad token, wrong type, missing field, duplicates, inconsistent panoptic
  * links) fails with a message naming the file and the reason, and the JSON path and line where
  * that applies; so do every prefix and every one-byte corruption of the valid files (no crash,
@@ -392,14 +392,13 @@ static void test_panoptic(void) {
 /* ---- category files -------------------------------------------------------------------- */
 
 static void test_categories(void) {
-    const char *shared = getenv("SHARED") ? getenv("SHARED") : "../shared";
     char path[1024];
-    snprintf(path, sizeof path, "%s/data/coco/panoptic_coco_categories.json", shared);
+    snprintf(path, sizeof path, "data/coco/panoptic_coco_categories.json");
     CocoCategories pc;
     int rc = coco_read_categories(&pc, path);
     check_ok("categories: panoptic_coco_categories.json", rc);
     if (rc) {
-        fprintf(stderr, "  (set SHARED to the shared folder holding data/coco/)\n");
+        fprintf(stderr, "  (run the test from the repository's top folder: data/coco/)\n");
         return;
     }
     char detail[256];
@@ -423,7 +422,7 @@ static void test_categories(void) {
     for (int i = 0; i < pc.num; i++) all &= coco_category_index(&pc, pc.cats[i].id) == i;
     tu_check(none && all, "categories: id -> contiguous index, gaps absent", NULL);
 
-    snprintf(path, sizeof path, "%s/data/coco/coco_detection_categories.json", shared);
+    snprintf(path, sizeof path, "data/coco/coco_detection_categories.json");
     CocoCategories dc;
     rc = coco_read_categories(&dc, path);
     check_ok("categories: coco_detection_categories.json", rc);

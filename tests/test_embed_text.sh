@@ -10,7 +10,6 @@ set -u
 BUILD=${BUILD:-build}
 BIN=$BUILD/bin
 PY=${PYTHON:-/usr/bin/python3}
-SHARED=${SHARED:-../shared}
 FIX=${FIXTURES:-build/fixtures}
 T=$(mktemp -d /tmp/clipself-embedtext.XXXXXX)
 trap 'rm -rf "$T"' EXIT
@@ -18,9 +17,9 @@ trap 'rm -rf "$T"' EXIT
 source "$(dirname "$0")/testlib.sh"
 
 MODEL=$FIX/textvis.safetensors
-BPE=$SHARED/data/clip/bpe_simple_vocab_16e6.txt.gz
-CATS=$SHARED/data/coco/panoptic_coco_categories.json
-TPL=$SHARED/data/clip/openai_imagenet_templates_80.txt
+BPE=data/clip/bpe_simple_vocab_16e6.txt.gz
+CATS=data/coco/panoptic_coco_categories.json
+TPL=data/clip/openai_imagenet_templates_80.txt
 if [ ! -e "$MODEL" ]; then
   bad "fixture $MODEL is missing (make test writes it with tests/reference/text_ref.py)"
   echo "test_embed_text: $pass passed, $fail failed"; exit 1
@@ -130,11 +129,8 @@ fails "neither --categories nor --dataset" "--categories or --dataset" "${E[@]}"
 printf 'bad \xff name\n' >"$T/utf8.txt"
 fails "a name that is not UTF-8" "not valid UTF-8" "${E[@]}" --categories "$T/utf8.txt"
 
-# the merges and templates kept in the repository (data/clip/) are the shared ones, and the
-# stage finds its copy of the merges without --bpe
-for f in bpe_simple_vocab_16e6.txt.gz openai_imagenet_templates_80.txt; do
-  check "data/clip/$f is the shared copy" cmp "data/clip/$f" "$SHARED/data/clip/$f"
-done
+# the stage finds the repository's copy of the merges (data/clip/, whose digests test_data.sh
+# checks against data/README.md) without --bpe
 run "$BIN/embed_text" --model "$MODEL" --categories "$CATS" --templates data/clip/openai_imagenet_templates_80.txt \
   --out "$T/coco_default_bpe.h5" || bad "embed_text without --bpe"
 check "without --bpe: the same embeddings" h5diff -d 0 "$T/coco1.h5" "$T/coco_default_bpe.h5" /embeddings /embeddings

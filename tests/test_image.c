@@ -2,8 +2,8 @@
  * tests/reference/image_ref.py (image.h5).
  *
  * JPEG decodes equal PIL's (photos, libjpeg-turbo test images, CMYK, YCCK, progressive 4:2:2,
- * odd sizes) and djpeg's reference PPM/PGM byte for byte; every file of the shared jpeg_bad/
- * folder, the 12-bit images and a missing file fail with the file name in the message. Crops
+ * odd sizes) and djpeg's reference PPM/PGM byte for byte; every file of tests/data/
+ * images/jpeg_bad/, the 12-bit images and a missing file fail with the file name in the message. Crops
  * and bicubic resizes are bit-identical to PIL (differing values are counted and the worst
  * pixel is reported). The full-image and crop transforms match torchvision within 1e-6.
  * Panoptic PNGs (RGB, RGBA, 4-bit palette, gray, 16-bit) give panopticapi's ids; truncated

@@ -7,7 +7,6 @@
 set -u
 BIN=${BUILD:-build}/bin
 PY=${PYTHON:-/usr/bin/python3}
-SHARED=${SHARED:-../shared}
 T=$(mktemp -d /tmp/clipself-stages.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 # shellcheck source=tests/testlib.sh
@@ -146,7 +145,7 @@ check "checkpoints of the same model are byte-identical (digests name them)" cmp
 # ---- bad inputs ----
 first=$("$PY" -c "import json; print(sorted(json.load(open('$T/data/instances_train.json'))['images'], key=lambda i: i['id'])[0]['file_name'])")
 second=$("$PY" -c "import json; print(sorted(json.load(open('$T/data/instances_train.json'))['images'], key=lambda i: i['id'])[1]['file_name'])")
-cp "$SHARED/data/images/jpeg_bad/testorig_truncated_3000.jpg" "$T/data/images/$first"
+cp "tests/data/images/jpeg_bad/testorig_truncated_3000.jpg" "$T/data/images/$first"
 rm -f "$T/data/images/$second"
 run "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --out "$T/cacheB.h5"
 check "embed_teacher: bad images are skipped and recorded" "$PY" -c "

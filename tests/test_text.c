@@ -21,8 +21,7 @@
 #include "vit.h"
 
 static const char *bpe_path(char *buf, size_t len) {
-    const char *shared = getenv("SHARED") ? getenv("SHARED") : "../shared";
-    snprintf(buf, len, "%s/data/clip/bpe_simple_vocab_16e6.txt.gz", shared);
+    snprintf(buf, len, "data/clip/bpe_simple_vocab_16e6.txt.gz"); /* the repository's copy */
     return buf;
 }
 

@@ -1,15 +1,15 @@
 """image_ref.py: PIL / torchvision references of pipeline/image.h; writes image.h5 and test files.
 
-Usage: /usr/bin/python3 tests/reference/image_ref.py --out DIR [--data SHARED_DATA]
+Usage: /usr/bin/python3 tests/reference/image_ref.py --out DIR [--data DATA]
 
-SHARED_DATA is the shared data folder (default: ../shared/data beside the repository). The
+DATA is the test images' folder (default: tests/data of the repository). The
 images are its photos/ and the 8-bit images of jpeg_libjpeg_turbo/, plus JPEG and PNG files
 written here into DIR (CMYK, YCCK, progressive 4:2:2, odd-sized 4:2:0; panoptic PNGs).
 Every reference is what the CLIPSelf reference code computes: PIL 9.4 on 8-bit images and
 torchvision.transforms.functional, as open_clip uses them. Pixel data is uint8, tensors float32;
 all datasets are gzip-compressed.
 
-  /                  attrs data (SHARED_DATA, absolute), jpeg_bad (its jpeg_bad/ folder)
+  /                  attrs data (DATA, absolute), jpeg_bad (its jpeg_bad/ folder)
   /decode/<img>      (h, w, 3) uint8: Image.open(path).convert("RGB"); attr path (absolute)
   /resize/<case>     (oh, ow, 3) uint8: decode.resize((ow, oh), Image.BICUBIC); attrs src (<img>),
                      ow, oh
@@ -169,8 +169,8 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--data", default=os.path.join(here, "..", "..", "..", "shared", "data"),
-                    help="shared data folder (default: ../shared/data beside the repository)")
+    ap.add_argument("--data", default=os.path.join(here, "..", "data"),
+                    help="the test images' folder (default: tests/data of the repository)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     os.makedirs(args.out, exist_ok=True)
@@ -180,7 +180,7 @@ def main():
                for n in ("testorig", "testimgint", "testimgp", "testimgari", "testimggray")]
     for p in photos[:1] + libjpeg:
         if not os.path.exists(p):
-            raise SystemExit("image_ref.py: %s is missing (pass --data SHARED/data)" % p)
+            raise SystemExit("image_ref.py: %s is missing (pass --data tests/data)" % p)
 
     path = os.path.join(args.out, "image.h5")
     with h5py.File(path, "w") as f:

@@ -1,7 +1,7 @@
 """text_ref.py: an independent reference of the clipself text side (the CLIP BPE tokenizer and
 the open_clip text transformer); writes the test fixtures and computes class embeddings.
 
-Usage: /usr/bin/python3 tests/reference/text_ref.py --out DIR --data SHARED/data
+Usage: /usr/bin/python3 tests/reference/text_ref.py --out DIR --data data
        /usr/bin/python3 tests/reference/text_ref.py embed --model M.safetensors
            (--categories FILE | --names-from-json FILE) [--templates FILE] [--plain-prompts]
            --bpe BPE.gz --out OUT.npy
@@ -529,7 +529,7 @@ def main():
         return embed_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--data", required=True, help="the shared data folder (clip/, coco/)")
+    ap.add_argument("--data", required=True, help="the repository's data folder (clip/, coco/)")
     a = ap.parse_args()
     write_fixtures(a.out, a.data)
 
