@@ -2,7 +2,12 @@
  * Y = X.W^T + b with its backward (dW += dY^T.X, dX += dY.W) written once on top of it. */
 #include <blis.h>
 #include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "check.h"
 #include "ops.h"
 
 static int threads_override;
@@ -18,9 +23,113 @@ void cs_set_num_threads(int n) {
     omp_set_num_threads(n > 0 ? n : omp_get_num_procs());
 }
 
+/* The sub-configurations this BLIS was built with (blis.h's BLIS_CONFIG_* macros). */
+static const arch_t blas_configured[] = {
+#ifdef BLIS_CONFIG_SKX
+    BLIS_ARCH_SKX,
+#endif
+#ifdef BLIS_CONFIG_KNL
+    BLIS_ARCH_KNL,
+#endif
+#ifdef BLIS_CONFIG_HASWELL
+    BLIS_ARCH_HASWELL,
+#endif
+#ifdef BLIS_CONFIG_SANDYBRIDGE
+    BLIS_ARCH_SANDYBRIDGE,
+#endif
+#ifdef BLIS_CONFIG_PENRYN
+    BLIS_ARCH_PENRYN,
+#endif
+#ifdef BLIS_CONFIG_ZEN3
+    BLIS_ARCH_ZEN3,
+#endif
+#ifdef BLIS_CONFIG_ZEN2
+    BLIS_ARCH_ZEN2,
+#endif
+#ifdef BLIS_CONFIG_ZEN
+    BLIS_ARCH_ZEN,
+#endif
+#ifdef BLIS_CONFIG_EXCAVATOR
+    BLIS_ARCH_EXCAVATOR,
+#endif
+#ifdef BLIS_CONFIG_STEAMROLLER
+    BLIS_ARCH_STEAMROLLER,
+#endif
+#ifdef BLIS_CONFIG_PILEDRIVER
+    BLIS_ARCH_PILEDRIVER,
+#endif
+#ifdef BLIS_CONFIG_BULLDOZER
+    BLIS_ARCH_BULLDOZER,
+#endif
+    BLIS_ARCH_GENERIC,
+};
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static int blas_status;
+static char blas_error[256];
+
+static void blas_setup(void) {
+    const char *want = getenv("CLIPSELF_KERNELS");
+    if (want && *want && !getenv("BLIS_ARCH_TYPE")) {
+        /* only a set this BLIS was built with: another id makes bli_init abort */
+        int id = -1;
+        char names[256] = "";
+        for (size_t i = 0; i < sizeof blas_configured / sizeof blas_configured[0]; i++) {
+            const char *n = bli_arch_string(blas_configured[i]);
+            if (!strcmp(n, want)) id = (int)blas_configured[i];
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+                     n);
+        }
+        if (id < 0) {
+            snprintf(blas_error, sizeof blas_error, "CLIPSELF_KERNELS=%s: this BLIS has no "
+                     "kernel set of that name (it has: %s)", want, names);
+            blas_status = -1;
+            return;
+        }
+        /* a set whose instructions the CPU lacks would end in SIGILL */
+        int fits = 1;
+        __builtin_cpu_init();
+        if (id == BLIS_ARCH_SKX || id == BLIS_ARCH_KNL)
+            fits = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+        else if (id == BLIS_ARCH_EXCAVATOR || id == BLIS_ARCH_STEAMROLLER ||
+                 id == BLIS_ARCH_PILEDRIVER || id == BLIS_ARCH_BULLDOZER)
+            fits = __builtin_cpu_supports("fma4"); /* AMD's pre-Zen FMA4 kernels */
+        else if (id != BLIS_ARCH_GENERIC && id != BLIS_ARCH_PENRYN && id != BLIS_ARCH_SANDYBRIDGE)
+            fits = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        else if (id == BLIS_ARCH_SANDYBRIDGE)
+            fits = __builtin_cpu_supports("avx");
+        if (!fits) {
+            snprintf(blas_error, sizeof blas_error, "CLIPSELF_KERNELS=%s: this CPU lacks the "
+                     "instructions of that kernel set", want);
+            blas_status = -1;
+            return;
+        }
+        char v[16];
+        snprintf(v, sizeof v, "%d", id);
+        setenv("BLIS_ARCH_TYPE", v, 1);
+    }
+    bli_init(); /* bli_arch_query_id() before bli_init() aborts ("uninitialized context") */
+}
+
+int cs_blas_init(void) {
+    pthread_once(&blas_once, blas_setup);
+    if (blas_status) CS_FAIL("%s", blas_error);
+    return 0;
+}
+
+const char *cs_blas_kernels(void) {
+    if (cs_blas_init()) return "unknown";
+    return bli_arch_string(bli_arch_query_id());
+}
+
 void gemm(int transa, int transb, int m, int n, int k, float alpha, const float *a, int lda,
           const float *b, int ldb, float beta, float *c, int ldc, int nthreads) {
     /* Inside an OpenMP region the caller already splits the work: BLIS runs single-threaded. */
+    if (cs_blas_init()) {
+        fprintf(stderr, "%s\n", cs_error());
+        abort(); /* a wrong CLIPSELF_KERNELS: stages check it at start-up, so only tests land here */
+    }
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
     int nt = omp_in_parallel() ? 1 : (nthreads > 0 ? nthreads : cs_num_threads());
     bli_rntm_set_num_threads(nt, &rntm);

@@ -14,6 +14,16 @@
 int cs_num_threads(void);
 void cs_set_num_threads(int n);
 
+/* ---- BLIS kernel set (gemm.c) ------------------------------------------------------------- */
+/* BLIS picks one of its sub-configurations (kernel sets: skx, haswell, zen3, ..., generic) once,
+ * when it initialises, and honours its documented variable BLIS_ARCH_TYPE (an arch_t id) then.
+ * cs_blas_init() runs before BLIS's first use (gemm calls it): if CLIPSELF_KERNELS names a
+ * BLIS configuration it sets BLIS_ARCH_TYPE to that configuration's id; a BLIS_ARCH_TYPE the
+ * user set stays as it is. Returns 0, or -1 (cs_error) for a name BLIS does not have. */
+int cs_blas_init(void);
+/* The name of the kernel set BLIS runs (initialises BLIS if needed). */
+const char *cs_blas_kernels(void);
+
 /* ---- matrix products (gemm.c): every matrix product of the project goes through BLIS ---- */
 /* Row-major C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, op = transpose if t*.
  * lda/ldb/ldc are row strides. nthreads <= 0 means cs_num_threads(). */
