@@ -63,6 +63,11 @@ Files per configuration <cfg>:
                      dense_a 40x72 (grid 5x9), dense_b 96x96 (grid 12x12) (freeze 2)
      eva_b16 cases:  image_sq 224x224 (freeze 0), image_ns 160x224 (grid 10x14, freeze 1),
                      dense_a 160x224, dense_b 224x224 (freeze 2)
+     /f64/<case>   eva_tiny only: image_64x48 (image mode) and dense_40x72 (v2 dense map), the
+                   positional embedding frozen, run in float64 on a double copy of the model;
+                   attributes mode, B, H, W; image, weight (the shape of out), out, dimage and
+                   grad/<name> (every tensor but pos_embed), all float64, of
+                   L = sum(out * weight)
      /adamw        attributes lr, weight_decay, beta1, beta2, eps (float64), warmup,
                    total_steps, steps (int64); lrs (steps,) float64; losses (steps,);
                    param/<name>: every tensor after `steps` steps of torch.optim.AdamW on the
@@ -453,6 +458,40 @@ def write_adamw(f, model, cfg, case, g):
     return losses
 
 
+F64_CASES = [("image_64x48", 0, (64, 48)), ("dense_40x72", 1, (40, 72))]
+
+
+def write_f64(f, model, cfg, g):
+    """Gradients in float64 (a double copy of the model) of L = sum(out * weight), on the image
+    and the v2 dense map of non-square grids with the positional embedding frozen: the exact
+    values (to ~1e-7, the float32 RoPE tables) that the C test compares its float32 gradients
+    with, in place of float32 finite differences whose rounding depends on the kernel set."""
+    import copy
+    m64 = copy.deepcopy(model).double()
+    set_freezing(m64, 1)
+    B, E = cfg["batch"], cfg["embed"]
+    root = f.create_group("f64")
+    for cname, mode, (H, W) in F64_CASES:
+        m64.zero_grad(set_to_none=True)
+        img = torch.randn(B, 3, H, W, generator=g).double().requires_grad_(True)
+        if mode == 0:
+            out = m64.forward_image(img)
+        else:
+            out = m64.forward_dense(img)[0]
+        weight = torch.randn(*out.shape, generator=g).double()
+        (out * weight).sum().backward()
+        grp = root.create_group(cname)
+        for k, v in dict(mode=mode, B=B, H=H, W=W).items():
+            grp.attrs[k] = np.int64(v)
+        for k, v in (("image", img), ("weight", weight), ("out", out), ("dimage", img.grad)):
+            grp.create_dataset(k, data=v.detach().numpy())
+        gg = grp.create_group("grad")
+        for n, t in table(m64, lambda p: p.grad if p.requires_grad and p.grad is not None
+                          else (torch.zeros_like(p) if p.requires_grad else None)):
+            if t is not None:
+                gg.create_dataset(n, data=t.detach().numpy())
+
+
 def write_fixture(out, name, cfg, seed):
     model = build_model(cfg, seed)
     files = write_model(out, name, model, cfg)
@@ -470,6 +509,8 @@ def write_fixture(out, name, cfg, seed):
         dense_case = next(c for c in cfg["cases"] if c[1] == 1)
         losses = write_adamw(f, model, cfg, dense_case, g)
         msgs.append("adamw losses " + ", ".join("%.6f" % x for x in losses))
+        if name == "eva_tiny":
+            write_f64(f, build_model(cfg, seed), cfg, torch.Generator().manual_seed(seed + 2))
     return files, "; ".join(msgs)
 
 
