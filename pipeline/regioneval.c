@@ -67,6 +67,12 @@ static int round_half_even(double x) {
     return (int)f;
 }
 
+int region_rank(const float *logits, int K, int y) {
+    int rank = 0;
+    for (int k = 0; k < K; k++) rank += k != y && !(logits[k] < logits[y]);
+    return rank;
+}
+
 /* Classify feat (R, E) (normalised) and add to the tallies of method. */
 static void classify(RegionEval *re, RegionCounts *rc, int method, int R, const int *labels) {
     const ClassEmbeddings *ce = re->classes;
@@ -80,10 +86,7 @@ static void classify(RegionEval *re, RegionCounts *rc, int method, int R, const 
             for (int j = 0; j < ce->embed; j++) s += f[j] * e[j];
             logits[k] = s;
         }
-        /* rank of the true class: classes scoring higher (ties: lower index first) */
-        int y = labels[r], above = 0;
-        for (int k = 0; k < K; k++)
-            above += logits[k] > logits[y] || (logits[k] == logits[y] && k < y);
+        int y = labels[r], above = region_rank(logits, K, y);
         rc->top1[(size_t)method * K + y] += above == 0;
         rc->top5[(size_t)method * K + y] += above < 5;
     }
@@ -146,9 +149,11 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
         /* mask on the token grid: bicubic to (mh, mw), zero padding, > 0 */
         bicubic_resize(re->mask_grid, re->mask_full, H, W, mh, mw, 1);
         float *mk = re->masks + (size_t)R * N;
+        int on = 0;
         for (int gy = 0; gy < g; gy++)
             for (int gx = 0; gx < g; gx++)
-                mk[gy * g + gx] = gy < mh && gx < mw && re->mask_grid[gy * mw + gx] > 0.0f;
+                on += (mk[gy * g + gx] = gy < mh && gx < mw && re->mask_grid[gy * mw + gx] > 0.0f);
+        rc->vanished += on == 0;
         labels[R] = sg->category;
         R++;
     }

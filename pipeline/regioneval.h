@@ -27,6 +27,7 @@ typedef struct {
     long *count;  /* (K) samples per class */
     long *top1;   /* (EVAL_METHODS, K) */
     long *top5;   /* (EVAL_METHODS, K) */
+    long vanished; /* segments whose mask has no token on the grid (maskpool feature all 0) */
 } RegionCounts;
 
 typedef struct {
@@ -51,6 +52,12 @@ typedef struct {
 } RegionEval;
 
 int region_counts_init(RegionCounts *rc, int num_classes);
+
+/* The rank of class y among logits (K): how many OTHER classes score at least as high. Ties
+ * count against y, so a region whose feature is all zeros (every class ties) is never right;
+ * top-k holds when the rank is < k. (The lowest index winning ties would count a vanished
+ * mask of class 0 as correct.) */
+int region_rank(const float *logits, int K, int y);
 void region_counts_free(RegionCounts *rc);
 
 int regioneval_init(RegionEval *re, Vit *model, const ClassEmbeddings *classes,

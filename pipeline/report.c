@@ -54,6 +54,7 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
     GS(g, "images"), yajl_gen_integer(g, info->images);
     GS(g, "images_skipped"), yajl_gen_integer(g, info->images_skipped);
     GS(g, "segments"), yajl_gen_integer(g, info->segments);
+    GS(g, "masks_vanished"), yajl_gen_integer(g, rc->vanished);
     GS(g, "seconds"), yajl_gen_double(g, info->seconds);
     GS(g, "skipped");
     yajl_gen_array_open(g);

@@ -1,7 +1,9 @@
 /* report.h: evaluation results as JSON (the metrics under the reference's key names,
  * rois.thing.macc1 ...) and as a markdown table for people. Both written atomically.
  * The JSON's top-level keys, in order: model, label, model_digest (16 hex digits), dataset,
- * images, images_skipped, segments, seconds, skipped, metrics, per_class. */
+ * images, images_skipped, segments, masks_vanished (segments whose mask has no token on the
+ * grid: every class ties for their maskpool feature, and ties count as wrong), seconds,
+ * skipped, metrics, per_class. */
 #ifndef CLIPSELF_REPORT_H
 #define CLIPSELF_REPORT_H
 

@@ -180,6 +180,7 @@ int main(int argc, char **argv) {
     MPI_Allreduce(MPI_IN_PLACE, rc.count, ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, rc.top1, EVAL_METHODS * ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, rc.top5, EVAL_METHODS * ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, &rc.vanished, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
     char *all_skipped = gather_text(skipped ? skipped : "", MPI_COMM_WORLD);
     if (st.rank == 0) {
         double macc[EVAL_METHODS][2][2];
