@@ -100,6 +100,7 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB)
 FIXTURES := build/fixtures
 $(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/eva_ref.py tests/reference/ops_ref.py tests/reference/coco_ref.py tests/reference/image_ref.py tests/reference/contrastive_ref.py
 	@mkdir -p $(FIXTURES)
+	$(PYTHON) tests/reference/crops_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/contrastive_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/ops_ref.py --out $(FIXTURES)
 	$(PYTHON) tests/reference/vit_ref.py --out $(FIXTURES)
@@ -108,7 +109,7 @@ $(FIXTURES)/.done: tests/reference/vit_ref.py tests/reference/eva_ref.py tests/r
 	$(PYTHON) tests/reference/image_ref.py --out $(FIXTURES) --data tests/data
 	$(PYTHON) tests/reference/text_ref.py --out $(FIXTURES) --data data
 	@touch $@
-$(FIXTURES)/.done: tests/reference/text_ref.py
+$(FIXTURES)/.done: tests/reference/text_ref.py tests/reference/crops_ref.py
 
 # ---- tests -------------------------------------------------------------------------------
 .PHONY: all check test test-kernels test-san deps demo bench clean

@@ -27,7 +27,7 @@
 /* The deepest understood path is top / annotations / [i] / segments_info / [j] / bbox. */
 #define MAX_DEPTH 8
 
-typedef enum { READ_IMAGES, READ_PANOPTIC, READ_CATEGORIES } Mode;
+typedef enum { READ_IMAGES, READ_PANOPTIC, READ_CATEGORIES, READ_BOXES } Mode;
 
 typedef enum { R_TOP, R_IMAGES, R_IMAGE, R_ANNS, R_ANN, R_SEGS, R_SEG, R_BBOX, R_CATS, R_CAT } Role;
 
@@ -85,6 +85,11 @@ static const Field ANN_FIELDS[] = {
     {"image_id", T_INT64, offsetof(AnnRec, image_id), 1},
     {"file_name", T_NAME, offsetof(AnnRec, file_name), 1},
     {"segments_info", T_SEGMENTS, 0, 1},
+};
+/* A proposals file's annotation: one class-agnostic box (category_id, score ... ignored). */
+static const Field BOX_ANN_FIELDS[] = {
+    {"image_id", T_INT64, offsetof(AnnRec, image_id), 1},
+    {"bbox", T_BBOX, 0, 1},
 };
 static const Field SEG_FIELDS[] = {
     {"id", T_UINT32, offsetof(CocoSegment, id), 1},
@@ -292,6 +297,11 @@ static int begin_record(Parser *p, Frame *f, Kind kind, const char *s, size_t n)
     case R_ANNS:
         if (!grow(p, (void **)&p->anns, p->n_anns, &p->cap_anns, sizeof *p->anns)) return 0;
         p->anns[p->n_anns] = (AnnRec){.first_seg = (int)p->n_segs, .index = (int)p->n_anns};
+        if (p->mode == READ_BOXES) { /* the box goes to a segment slot of its own */
+            if (!grow(p, (void **)&p->segs, p->n_segs, &p->cap_segs, sizeof *p->segs)) return 0;
+            p->segs[p->n_segs] = (CocoSegment){0};
+            return push(p, R_ANN, NULL, BOX_ANN_FIELDS, NFIELDS(BOX_ANN_FIELDS));
+        }
         return push(p, R_ANN, NULL, ANN_FIELDS, NFIELDS(ANN_FIELDS));
     case R_SEGS:
         if (!grow(p, (void **)&p->segs, p->n_segs, &p->cap_segs, sizeof *p->segs)) return 0;
@@ -376,7 +386,8 @@ static int top_key(Parser *p, Kind kind, const char *s, size_t n) {
     for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
         Role r = sections[i].role;
         int wanted = p->mode == READ_PANOPTIC || (p->mode == READ_IMAGES && r == R_IMAGES) ||
-                     (p->mode == READ_CATEGORIES && r == R_CATS);
+                     (p->mode == READ_CATEGORIES && r == R_CATS) ||
+                     (p->mode == READ_BOXES && r != R_CATS);
         if (!wanted || !key_is(p, sections[i].key)) continue;
         if (p->sections & (1u << r))
             return stop(p, NULL, "\"%s\" appears twice at the top level", sections[i].key);
@@ -442,7 +453,15 @@ static int on_end(Parser *p) {
             return stop(p, NULL, "missing required field \"%s\"", f->fields[i].key);
     switch (f->role) {
     case R_IMAGE: p->n_images++; break;
-    case R_ANN: p->n_anns++; break;
+    case R_ANN:
+        if (p->mode == READ_BOXES) {
+            const double *b = p->segs[p->n_segs].bbox;
+            if (b[2] < 0 || b[3] < 0) return stop(p, "bbox", "negative width or height");
+            p->anns[p->n_anns].num_segs = 1;
+            p->n_segs++;
+        }
+        p->n_anns++;
+        break;
     case R_SEG:
         if (p->segs[p->n_segs].bbox[2] < 0 || p->segs[p->n_segs].bbox[3] < 0)
             return stop(p, "bbox", "negative width or height");
@@ -587,7 +606,8 @@ static int parser_run(Parser *p, const char *path, Mode mode) {
     } need[] = {{R_IMAGES, "images"}, {R_ANNS, "annotations"}, {R_CATS, "categories"}};
     for (size_t i = 0; i < sizeof need / sizeof need[0]; i++) {
         int wanted = mode == READ_PANOPTIC || (mode == READ_IMAGES && need[i].role == R_IMAGES) ||
-                     (mode == READ_CATEGORIES && need[i].role == R_CATS);
+                     (mode == READ_CATEGORIES && need[i].role == R_CATS) ||
+                     (mode == READ_BOXES && need[i].role != R_CATS);
         CS_CHECK(!wanted || (p->sections & (1u << need[i].role)),
                  "%s: no \"%s\" array at the top level", path, need[i].key);
     }
@@ -753,6 +773,56 @@ fail:
     coco_panoptic_free(&r);
     parser_free(&p);
     return -1;
+}
+
+int coco_read_proposals(CocoProposals *out, const char *path) {
+    *out = (CocoProposals){0};
+    Parser p;
+    CocoProposals r = {0};
+    if (parser_run(&p, path, READ_BOXES) || sort_images(&p)) goto fail;
+    if (!p.n_anns) {
+        cs_error_set(__FILE__, __LINE__, "%s: \"annotations\" is empty: no proposals to train "
+                     "on", path);
+        goto fail;
+    }
+    if (p.n_anns > 1) qsort(p.anns, p.n_anns, sizeof *p.anns, cmp_ann);
+    r.num_images = (int)p.n_images;
+    r.num_boxes = (long)p.n_anns;
+    r.images = cs_calloc_(p.n_images ? p.n_images : 1, sizeof *r.images, __FILE__, __LINE__);
+    r.first = cs_calloc_(p.n_images ? p.n_images : 1, sizeof *r.first, __FILE__, __LINE__);
+    r.count = cs_calloc_(p.n_images ? p.n_images : 1, sizeof *r.count, __FILE__, __LINE__);
+    r.box = cs_calloc_(p.n_anns, sizeof *r.box, __FILE__, __LINE__);
+    if (!r.images || !r.first || !r.count || !r.box) goto fail;
+    size_t a = 0;
+    for (size_t i = 0; i < p.n_images; i++) {
+        const ImageRec *im = &p.images[i];
+        if (a < p.n_anns && p.anns[a].image_id < im->id) break; /* an unknown id: below */
+        r.images[i] = (CocoImage){.id = im->id, .file_name = p.pool + im->file_name,
+                                  .width = im->width, .height = im->height};
+        r.first[i] = (long)a;
+        for (; a < p.n_anns && p.anns[a].image_id == im->id; a++)
+            memcpy(r.box[a], p.segs[p.anns[a].first_seg].bbox, sizeof r.box[a]);
+        r.count[i] = (int)((long)a - r.first[i]);
+    }
+    if (a < p.n_anns) {
+        cs_error_set(__FILE__, __LINE__, "%s: annotations[%d] is for image_id %lld, which is not "
+                     "in \"images\"", path, p.anns[a].index, (long long)p.anns[a].image_id);
+        goto fail;
+    }
+    r.strings = p.pool;
+    p.pool = NULL;
+    parser_free(&p);
+    *out = r;
+    return 0;
+fail:
+    coco_proposals_free(&r);
+    parser_free(&p);
+    return -1;
+}
+
+void coco_proposals_free(CocoProposals *p) {
+    free(p->images), free(p->first), free(p->count), free(p->box), free(p->strings);
+    *p = (CocoProposals){0};
 }
 
 void coco_panoptic_free(CocoPanoptic *p) {

@@ -98,6 +98,26 @@ void coco_images_free(CocoImages *im);
 int coco_read_panoptic(CocoPanoptic *out, const char *path);
 void coco_panoptic_free(CocoPanoptic *p);
 
+/* A proposals file: class-agnostic boxes in COCO format, as the reference's
+ * ProposalDistillDataset reads them. "images" as in an instances file (the training images:
+ * id, file_name, width, height), "annotations" with image_id and bbox [x, y, w, h] each
+ * (category_id, score and the rest are ignored). Errors name the file and the place: no
+ * "annotations" or an empty one, an annotation for an image_id not in "images", a negative
+ * width or height, a bbox that is not 4 finite numbers. Boxes outside their image are the
+ * sampler's to skip (it counts them). */
+typedef struct {
+    int num_images;
+    CocoImage *images;    /* (num_images) sorted by id */
+    long *first;          /* (num_images) an image's first box */
+    int *count;           /* (num_images) its boxes, in file order */
+    long num_boxes;
+    double (*box)[4];     /* (num_boxes) x, y, w, h in original pixels */
+    char *strings;
+} CocoProposals;
+
+int coco_read_proposals(CocoProposals *out, const char *path);
+void coco_proposals_free(CocoProposals *p);
+
 /* A category list: either a top-level JSON array of categories (panopticapi's
  * panoptic_coco_categories.json) or any JSON object with a "categories" array. */
 int coco_read_categories(CocoCategories *out, const char *path);

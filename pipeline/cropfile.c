@@ -49,7 +49,9 @@ static int write_all(hid_t f, const CropFile *cf, const char *path) {
     hsize_t N = (hsize_t)cf->num_images, R = (hsize_t)cf->num_rows;
     int32_t *i32 = malloc((R ? R : 1) * 2 * sizeof(int32_t));
     float *box = malloc((R ? R : 1) * 4 * sizeof(float));
-    CS_CHECK(i32 && box, "out of memory writing %s", path);
+    double *tbox = malloc((R ? R : 1) * 4 * sizeof(double));
+    if (!i32 || !box || !tbox) free(i32), free(box), free(tbox);
+    CS_CHECK(i32 && box && tbox, "out of memory writing %s", path);
     int rc = 0;
     hsize_t d1[1] = {N}, d2[2] = {N, (hsize_t)cf->epochs};
     hid_t st = h5u_string_type();
@@ -67,10 +69,14 @@ static int write_all(hid_t f, const CropFile *cf, const char *path) {
     rc = rc ? rc : h5u_write(f, "crops/layout", H5T_STD_I32LE, H5T_NATIVE_INT32, 2, r2, i32, path);
     for (hsize_t r = 0; r < R; r++) memcpy(box + 4 * r, cf->rows[r].box, 4 * sizeof(float));
     rc = rc ? rc : h5u_write(f, "crops/box", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, r4, box, path);
+    for (hsize_t r = 0; r < R; r++) memcpy(tbox + 4 * r, cf->rows[r].tbox, 4 * sizeof(double));
+    rc = rc ? rc : h5u_write(f, "crops/teacher_box", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, r4,
+                             tbox, path);
     rc = rc ? rc : h5u_write(f, "index/first", H5T_STD_I64LE, H5T_NATIVE_INT64, 2, d2, cf->first, path);
     rc = rc ? rc : h5u_write(f, "index/count", H5T_STD_I32LE, H5T_NATIVE_INT32, 2, d2, cf->count, path);
     free(i32);
     free(box);
+    free(tbox);
     CS_TRY(rc);
     char digest[32];
     snprintf(digest, sizeof digest, "%016" PRIx64, cf->digest);
@@ -79,6 +85,18 @@ static int write_all(hid_t f, const CropFile *cf, const char *path) {
     for (int i = 0; i < 3; i++)
         CS_TRY(h5u_write_attr(f, names[i], H5T_STD_I32LE, H5T_NATIVE_INT, &ints[i], path));
     CS_TRY(h5u_write_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &cf->seed, path));
+    const double dbl[3] = {cf->crop_scale, cf->min_size, cf->max_size};
+    const char *dn[3] = {"crop_scale", "min_size", "max_size"};
+    for (int i = 0; i < 3; i++)
+        CS_TRY(h5u_write_attr(f, dn[i], H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &dbl[i], path));
+    const long long cnt[3] = {cf->stats.filtered, cf->stats.outside, cf->stats.fallback};
+    const char *cn[3] = {"filtered", "outside", "fallback"};
+    for (int i = 0; i < 3; i++)
+        CS_TRY(h5u_write_attr(f, cn[i], H5T_STD_I64LE, H5T_NATIVE_LLONG, &cnt[i], path));
+    char pd[32] = "";
+    if (cf->proposals) snprintf(pd, sizeof pd, "%016" PRIx64, cf->proposals);
+    CS_TRY(h5u_write_string_attr(f, "proposals", pd, path));
+    CS_TRY(h5u_write_string_attr(f, "mode", cf->mode[0] ? cf->mode : "grid", path));
     CS_TRY(h5u_write_string_attr(f, "digest", digest, path));
     CS_TRY(h5u_write_string_attr(f, "dataset", cf->dataset, path));
     CS_TRY(h5u_write_string_attr(f, "format", CROPFILE_FORMAT, path));
@@ -122,6 +140,19 @@ static int read_all(hid_t f, CropFile *cf, const char *path) {
     CS_TRY(h5u_read_attr(f, "max_split", H5T_NATIVE_INT, &cf->max_split, path));
     CS_TRY(h5u_read_attr(f, "max_boxes", H5T_NATIVE_INT, &cf->max_boxes, path));
     CS_TRY(h5u_read_attr(f, "seed", H5T_NATIVE_UINT64, &cf->seed, path));
+    CS_TRY(h5u_read_attr(f, "crop_scale", H5T_NATIVE_DOUBLE, &cf->crop_scale, path));
+    CS_TRY(h5u_read_attr(f, "min_size", H5T_NATIVE_DOUBLE, &cf->min_size, path));
+    CS_TRY(h5u_read_attr(f, "max_size", H5T_NATIVE_DOUBLE, &cf->max_size, path));
+    long long cnt[3];
+    const char *cn[3] = {"filtered", "outside", "fallback"};
+    for (int i = 0; i < 3; i++) CS_TRY(h5u_read_attr(f, cn[i], H5T_NATIVE_LLONG, &cnt[i], path));
+    cf->stats = (CropStats){.filtered = cnt[0], .outside = cnt[1], .fallback = cnt[2]};
+    char pd[32];
+    CS_TRY(h5u_read_string_attr(f, "proposals", pd, sizeof pd, path));
+    cf->proposals = pd[0] ? strtoull(pd, NULL, 16) : 0;
+    CS_TRY(h5u_read_string_attr(f, "mode", cf->mode, sizeof cf->mode, path));
+    CS_CHECK(!strcmp(cf->mode, "grid") || !strcmp(cf->mode, "proposals"), "%s: mode '%s' is "
+             "neither grid nor proposals", path, cf->mode);
     CS_TRY(h5u_read_string_attr(f, "digest", digest, sizeof digest, path));
     CS_TRY(h5u_read_string_attr(f, "dataset", cf->dataset, sizeof cf->dataset, path));
     CS_CHECK(cf->epochs > 0, "%s: %d epochs", path, cf->epochs);
@@ -160,11 +191,14 @@ static int read_all(hid_t f, CropFile *cf, const char *path) {
     CS_TRY(read_exact(f, "images/height", H5T_NATIVE_INT32, 4, 1, &N, (void **)&cf->height, path));
     int32_t *image = NULL, *epoch = NULL, *layout = NULL;
     float *box = NULL;
+    double *tbox = NULL;
     CS_TRY(h5u_read(f, "crops/image", H5T_NATIVE_INT32, 4, 1, dims, &nd, (void **)&image, path));
     hsize_t R = dims[0], r2[2] = {R, 2}, r4[2] = {R, 4};
     rc = read_exact(f, "crops/epoch", H5T_NATIVE_INT32, 4, 1, &R, (void **)&epoch, path);
     if (!rc) rc = read_exact(f, "crops/layout", H5T_NATIVE_INT32, 4, 2, r2, (void **)&layout, path);
     if (!rc) rc = read_exact(f, "crops/box", H5T_NATIVE_FLOAT, 4, 2, r4, (void **)&box, path);
+    if (!rc) rc = read_exact(f, "crops/teacher_box", H5T_NATIVE_DOUBLE, 8, 2, r4, (void **)&tbox,
+                             path);
     if (!rc) {
         cf->rows = calloc(R ? R : 1, sizeof(CropRow));
         if (!cf->rows) rc = cs_error_set(__FILE__, __LINE__, "out of memory reading %s", path);
@@ -176,9 +210,10 @@ static int read_all(hid_t f, CropFile *cf, const char *path) {
             c->image = image[r], c->epoch = epoch[r], c->m = layout[2 * r];
             c->n = layout[2 * r + 1];
             memcpy(c->box, box + 4 * r, sizeof c->box);
+            memcpy(c->tbox, tbox + 4 * r, sizeof c->tbox);
         }
     }
-    free(image), free(epoch), free(layout), free(box);
+    free(image), free(epoch), free(layout), free(box), free(tbox);
     CS_TRY(rc);
     CS_TRY(cropfile_index(cf));
     char mine[32];
@@ -284,12 +319,19 @@ int cropfile_join(const char *out, int shards) {
                               "says shard %d of %d, images %d+%d of %d): remove %s.parts/ and "
                               "sample again", path, s, shards, N, sh.shard, sh.shards,
                               sh.image_lo, sh.num_images, sh.images_total, out);
-        if (!rc && (strcmp(sh.dataset, all.dataset) || sh.seed != all.seed ||
-                    sh.epochs != all.epochs || sh.max_split != all.max_split ||
-                    sh.max_boxes != all.max_boxes))
+        if (!rc && (strcmp(sh.dataset, all.dataset) || strcmp(sh.mode, all.mode) ||
+                    sh.seed != all.seed || sh.epochs != all.epochs ||
+                    sh.max_split != all.max_split || sh.max_boxes != all.max_boxes ||
+                    sh.crop_scale != all.crop_scale || sh.min_size != all.min_size ||
+                    sh.max_size != all.max_size || sh.proposals != all.proposals))
             rc = cs_error_set(__FILE__, __LINE__, "%s was sampled with other settings than shard "
-                              "0 (dataset, seed, epochs, max_split or max_boxes): remove %s.parts/ "
-                              "and sample again", path, out);
+                              "0 (dataset, mode, seed, epochs, max_split, max_boxes, crop_scale, "
+                              "min/max size or proposals): remove %s.parts/ and sample again",
+                              path, out);
+        if (!rc && s > 0) {
+            all.stats.filtered += sh.stats.filtered, all.stats.outside += sh.stats.outside;
+            all.stats.fallback += sh.stats.fallback;
+        }
         if (!rc) rc = join_one(&all, &sh, &row, path);
         cropfile_free(&sh);
     }

@@ -3,10 +3,14 @@
  *
  *   /images/id (N) int64, /images/file_name (N) string, /images/width, /images/height (N) int32
  *   /crops/image (R) int32, /crops/epoch (R) int32, /crops/layout (R, 2) int32 [m, n],
- *   /crops/box (R, 4) float32 [x0, y0, x1, y1] in original pixels
+ *   /crops/box (R, 4) float32 [x0, y0, x1, y1] in original pixels: what the student pools
+ *   /crops/teacher_box (R, 4) float64 [x0, y0, x1, y1]: what the teacher crops (crops.h)
  *   /index/first (N, epochs) int64 first row, /index/count (N, epochs) int32
- *   attributes: format, dataset, seed, epochs, max_split, max_boxes, digest (hex of a 64-bit
- *   FNV-1a over the tables: the identity the teacher cache records)
+ *   attributes: format, dataset, mode ("grid" or "proposals"), seed, epochs, max_split,
+ *   max_boxes, crop_scale, min_size, max_size (float64), proposals (hex digest of the
+ *   proposals file, "" in grid mode), filtered, outside, fallback (int64: crops.h's
+ *   CropStats), digest (hex of a 64-bit FNV-1a over the tables: the identity the teacher
+ *   cache records)
  *
  * Shards (one per Slurm array task): shard s of S holds the images [lo, hi) of the training
  * JSON's N, lo = N s / S, hi = N (s + 1) / S, as a crops file of its own (image indices
@@ -20,12 +24,17 @@
 
 #include "crops.h"
 
-#define CROPFILE_FORMAT "clipself-crops-1"
+#define CROPFILE_FORMAT "clipself-crops-2"
 
 typedef struct {
     char dataset[64];
+    char mode[16];        /* "grid" or "proposals" */
     uint64_t seed;
     int epochs, max_split, max_boxes;
+    double crop_scale;    /* grid: the teacher crop's enlargement (1: the cell itself) */
+    double min_size, max_size; /* proposals: the kept areas, [min^2, max^2] */
+    uint64_t proposals;   /* proposals: file_digest() of the proposals file; grid: 0 */
+    CropStats stats;      /* proposals: what the sampler left out */
     int num_images;
     int64_t *image_id;    /* (N) */
     char **file_name;     /* (N) pointers into names_mem (reader) or the caller's strings */

@@ -13,9 +13,20 @@
 typedef struct {
     int32_t image;  /* index into the image table */
     int32_t epoch;
-    int32_t m, n;   /* layout: rows, columns */
-    float box[4];   /* x0, y0, x1, y1 in original pixels (float, as the reference computes) */
+    int32_t m, n;   /* layout: rows, columns (0, 0 for a proposal) */
+    float box[4];   /* the student's box: x0, y0, x1, y1 in original pixels (float32, as the
+                     * reference's box tensors) */
+    double tbox[4]; /* the teacher's crop of it, in original pixels (double, as the reference
+                     * hands it to PIL): the box itself, or enlarged about its centre and
+                     * clipped to the image (grid --crop-scale, proposals 1.5x) */
 } CropRow;
+
+/* What the proposal sampler left out, for the stage's summary and the crops file. */
+typedef struct {
+    long filtered; /* drawn, but the area is outside [min_size^2, max_size^2] (reference) */
+    long outside;  /* drawn, but the box lies wholly outside its image (recorded skip) */
+    long fallback; /* image-epochs with no valid box: the reference's fallback box */
+} CropStats;
 
 /* The layouts for max_split M, in the reference's order; returns their count. */
 int crop_layouts(int layouts[][2], int max_split);
@@ -24,6 +35,33 @@ int crop_layouts(int layouts[][2], int max_split);
  * count. w, h: image size in pixels. */
 int crops_for_image(CropRow *out, int32_t image, int64_t image_id, int w, int h, int epoch,
                     uint64_t seed, int max_split, int max_boxes);
+
+/* The reference's thing box for a teacher crop: the box (x, y, w, h) enlarged 1.5x about its
+ * centre (cx = x + w*0.5, x0 = max(cx - w*0.75, 0), ...) and clipped to the W x H image, in
+ * double; used by proposal sampling and by evaluation's crops of things alike. */
+void crop_thing_box(double out[4], double x, double y, double w, double h, int W, int H);
+
+/* Grid mode with the reference's --crop-scale s > 1: each row's teacher crop is its cell
+ * enlarged s times about its centre and clipped to the w x h image (s <= 1: the cell). */
+void crops_scale_teacher(CropRow *rows, int n, double crop_scale, int w, int h);
+
+/* Proposal mode, the reference's ProposalDistillDataset: the image's boxes (x, y, w, h,
+ * nboxes of them) are shuffled with the grid mode's seeded draw for (seed, image id, epoch),
+ * the first max_boxes drawn are kept if their area w*h lies in [min_size^2, max_size^2] and
+ * they touch the image; the teacher sees each box enlarged 1.5x about its centre and clipped to
+ * the image, the student pools the box itself. An image-epoch left with no box gets the
+ * reference's fallback: the student box (0, 0, W/4, H/4), the teacher crop (0, 0, W//4, H//4).
+ * Writes at most max_boxes rows (at least 1), returns the count and adds to *st. */
+int crops_for_proposals(CropRow *out, int32_t image, int64_t image_id, int w, int h, int epoch,
+                        uint64_t seed, const double (*boxes)[4], int nboxes, int max_boxes,
+                        double min_size, double max_size, CropStats *st);
+
+/* A box in original pixels (x0, y0, x1, y1) on the g x g token grid of the model's S x S input
+ * (the image scaled by ResizeLongest(S), padded right and bottom), in the reference's float32
+ * order: box * scale (scale = S / longest side, a Python float applied in float32), / S (the
+ * normalised box), * g (_denormalize_boxes on the feature map). Training's pooled boxes and
+ * evaluation's rois both. */
+void crop_token_box(float out[4], const float box[4], double scale, int S, int g);
 
 /* torch.linspace(0, 1, steps)[i] in float32, as the reference builds its cell edges. */
 float linspace01(int i, int steps);

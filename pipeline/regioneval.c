@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "crops.h"
 #include "ops.h"
 
 const char *const eval_method_names[EVAL_METHODS] = {"rois", "crops", "maskpool"};
@@ -131,9 +132,7 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
             }
         if (thing) {
             x = sg->bbox[0], y = sg->bbox[1], w = sg->bbox[2], h = sg->bbox[3];
-            double cx = x + w * 0.5, cy = y + h * 0.5;
-            cb[0] = fmax(cx - w * 0.75, 0), cb[1] = fmax(cy - h * 0.75, 0);
-            cb[2] = fmin(cx + w * 0.75, W), cb[3] = fmin(cy + h * 0.75, H);
+            crop_thing_box(cb, x, y, w, h, W, H);
         } else {
             if (x1 < 0) continue; /* the segment has no pixel in the PNG: nothing to box */
             x = x0, y = y0, w = x1 - x0, h = y1 - y0;
@@ -144,7 +143,7 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
         float bx[4] = {(float)x, (float)y, (float)(x + w), (float)(y + h)};
         float *b = re->boxes + (size_t)R * 5;
         b[0] = 0.0f;
-        for (int q = 0; q < 4; q++) b[1 + q] = bx[q] * (float)scale / (float)re->det * (float)g;
+        crop_token_box(b + 1, bx, scale, re->det, g);
         for (int q = 0; q < 4; q++) re->crop_box[R][q] = cb[q];
         /* mask on the token grid: bicubic to (mh, mw), zero padding, > 0 */
         bicubic_resize(re->mask_grid, re->mask_full, H, W, mh, mw, 1);

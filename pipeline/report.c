@@ -14,7 +14,7 @@
 #include "check.h"
 #include "h5util.h"
 
-static int write_atomic(const char *path, const void *data, size_t n) {
+int report_write_bytes(const char *path, const void *data, size_t n) {
     char tmp[4096];
     CS_TRY(h5u_tmp_path(tmp, sizeof tmp, path));
     FILE *f = fopen(tmp, "wb");
@@ -29,7 +29,7 @@ static int write_atomic(const char *path, const void *data, size_t n) {
 }
 
 int report_write_text(const char *path, const char *text) {
-    return write_atomic(path, text, strlen(text));
+    return report_write_bytes(path, text, strlen(text));
 }
 
 #define GS(g, s) yajl_gen_string(g, (const unsigned char *)(s), strlen(s))
@@ -103,7 +103,7 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
     const unsigned char *buf;
     size_t len;
     int rc2 = yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok ? 0 : -1;
-    if (!rc2) rc2 = write_atomic(path, buf, len);
+    if (!rc2) rc2 = report_write_bytes(path, buf, len);
     else cs_error_set(__FILE__, __LINE__, "cannot generate the JSON for %s", path);
     yajl_gen_free(g);
     return rc2;

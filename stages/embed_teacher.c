@@ -85,9 +85,8 @@ static int compute_chunk(CacheChunk *c, const CropFile *cf, int lo, int hi, cons
         const char *bad = load_image(im, cf, i, ds, why, sizeof why);
         for (long r = r0; r < r1 && !bad; r++) {
             float *slot = b->imgs + (size_t)b->n * 3 * b->S * b->S;
-            const float *fb = cf->rows[r].box; /* float32, as the reference's boxes */
-            const double box[4] = {fb[0], fb[1], fb[2], fb[3]};
-            if (preprocess_crop(slot, im, box, b->S, ws) != 0) {
+            /* the teacher's crop: the box, or its enlargement (crops.h) */
+            if (preprocess_crop(slot, im, cf->rows[r].tbox, b->S, ws) != 0) {
                 snprintf(why, sizeof why, "crop row %ld: %s", r, cs_error());
                 bad = why;
                 break;

@@ -1,5 +1,6 @@
-/* sample_crops: draw every epoch's grid crops for every training image, up front and from a
- * seed, and write crops.h5 (pipeline/cropfile.h). Ranks split the images; the output is the
+/* sample_crops: draw every epoch's crops for every training image, up front and from a seed,
+ * and write crops.h5 (pipeline/cropfile.h): grid tiles, or with --proposals the boxes of a
+ * COCO-format proposals file (the reference's proposals_distill mode). Ranks split the images; the output is the
  * same whatever the number of ranks. As a Slurm job array, task s of S writes shard s
  * (--shard s --shards S) to <out>.parts/ and a final --join step writes <out>, the same file
  * one task would have written. */
@@ -15,6 +16,7 @@
 #include "cropfile.h"
 #include "crops.h"
 #include "datasets.h"
+#include "digest.h"
 #include "progress.h"
 #include "stage.h"
 
@@ -24,6 +26,8 @@ int main(int argc, char **argv) {
     const char *cfg = "datasets.cfg", *name = NULL, *out = NULL;
     int epochs = 6, max_split = 6, max_boxes = 20, seed = 0, shard = 0, shards = 1, join = 0;
     int verify = 0;
+    const char *proposals = NULL;
+    float crop_scale = 1.0f, min_size = 8.0f, max_size = 1024.0f;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
         {"datasets", CLI_STRING, &cfg, "dataset registry"},
@@ -32,6 +36,18 @@ int main(int argc, char **argv) {
         {"max-split", CLI_INT, &max_split, "largest grid side M (layouts m=1..M, n=ceil(m/2)..min(2m,M))"},
         {"max-boxes", CLI_INT, &max_boxes, "crops kept per image and epoch"},
         {"seed", CLI_INT, &seed, "seed of the layout and shuffle draws"},
+        {"crop-scale", CLI_FLOAT, &crop_scale, "grid mode: the teacher crops each tile enlarged "
+                                                "this much about its centre, clipped to the "
+                                                "image (the reference's --crop-scale; 1: the "
+                                                "tile itself)"},
+        {"proposals", CLI_STRING, &proposals, "region-proposal mode: a COCO-format JSON of "
+                                              "class-agnostic boxes (images; annotations with "
+                                              "image_id and bbox) whose images are the training "
+                                              "set; per image and epoch --max-boxes are drawn, "
+                                              "the teacher crops each enlarged 1.5x, the student "
+                                              "pools it"},
+        {"min-size", CLI_FLOAT, &min_size, "proposals: keep boxes with area >= min-size^2"},
+        {"max-size", CLI_FLOAT, &max_size, "proposals: keep boxes with area <= max-size^2"},
         {"shard", CLI_INT, &shard, "this task's shard (a Slurm array task), 0-based"},
         {"shards", CLI_INT, &shards, "number of shards; > 1 writes shard --shard to <out>.parts/"},
         {"join", CLI_FLAG, &join, "only join the --shards shards into --out"},
@@ -41,7 +57,10 @@ int main(int argc, char **argv) {
     if (stage_options(&st, argc, argv,
                       "CLIPSelf crop sampling: for every training image of the dataset and every "
                       "epoch, draw one grid layout (24 layouts for M = 6), tile the image, "
-                      "shuffle the cells and keep at most --max-boxes; write them with the image "
+                      "shuffle the cells and keep at most --max-boxes; or, with --proposals, "
+                      "shuffle the image's proposal boxes and keep at most --max-boxes of those "
+                      "with an area in [min-size^2, max-size^2] (an image left with none gets the "
+                      "reference's fallback, the top-left quarter box). Write them with the image "
                       "table to --out (HDF5). Same output for any number of MPI ranks, and for "
                       "any number of shards once joined (--shards S --shard s per array task, "
                       "then --join --shards S).",
@@ -54,9 +73,16 @@ int main(int argc, char **argv) {
         stage_die(&st, "see --help");
     }
     if (epochs < 1 || max_split < 1 || max_split > CROPS_MAX_SPLIT || max_boxes < 1 ||
-        shards < 1 || shard < 0 || shard >= shards) {
+        shards < 1 || shard < 0 || shard >= shards || !(crop_scale >= 1.0 && crop_scale <= 16.0) ||
+        !(min_size >= 0 && max_size >= min_size && max_size < 1e6)) {
         cs_error_set(__FILE__, __LINE__, "need epochs >= 1, 1 <= max-split <= %d, max-boxes >= 1, "
-                     "0 <= shard < shards", CROPS_MAX_SPLIT);
+                     "0 <= shard < shards, 1 <= crop-scale <= 16, 0 <= min-size <= max-size",
+                     CROPS_MAX_SPLIT);
+        stage_die(&st, NULL);
+    }
+    if (proposals && crop_scale != 1.0) {
+        cs_error_set(__FILE__, __LINE__, "--crop-scale is for grid mode: with --proposals the "
+                     "teacher's crop is the box enlarged 1.5x, as in the reference");
         stage_die(&st, NULL);
     }
     if (join) {
@@ -80,17 +106,30 @@ int main(int argc, char **argv) {
     }
     Dataset ds;
     stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
-    CocoImages imgs;
-    stage_check(&st, coco_read_images(&imgs, ds.train), NULL);
+    CocoImages imgs = {0};
+    CocoProposals props = {0};
+    uint64_t props_digest = 0;
+    if (proposals) {
+        stage_check(&st, coco_read_proposals(&props, proposals), "the proposals file: COCO "
+                    "format, \"images\" and \"annotations\" with image_id and bbox [x, y, w, h]");
+        stage_check(&st, file_digest(&props_digest, proposals), NULL);
+        imgs.num = props.num_images, imgs.images = props.images;
+    } else {
+        stage_check(&st, coco_read_images(&imgs, ds.train), NULL);
+    }
+    const char *mode = proposals ? "proposals" : "grid";
     int N = imgs.num, s_lo, s_hi;
     if (verify) {
         int rc = 0;
         if (st.rank == 0) {
             CropFile old;
             rc = cropfile_read(&old, out);
-            if (!rc && (strcmp(old.dataset, name) || old.seed != (uint64_t)seed ||
-                        old.epochs != epochs || old.max_split != max_split ||
-                        old.max_boxes != max_boxes || old.shards != 0 || old.num_images != N))
+            if (!rc && (strcmp(old.dataset, name) || strcmp(old.mode, mode) ||
+                        old.seed != (uint64_t)seed || old.epochs != epochs ||
+                        old.max_split != max_split || old.max_boxes != max_boxes ||
+                        old.crop_scale != (double)crop_scale || old.min_size != (double)min_size ||
+                        old.max_size != (double)max_size || old.proposals != props_digest ||
+                        old.shards != 0 || old.num_images != N))
                 rc = cs_error_set(__FILE__, __LINE__, "%s was sampled with other settings or "
                                   "from another image list", out);
             if (!rc) cropfile_free(&old);
@@ -111,17 +150,35 @@ int main(int argc, char **argv) {
     Progress prog;
     progress_init(&prog, "sample_crops", "img", hi - lo, st.rank == 0);
     long n = 0;
+    CropStats stats = {0};
     for (int i = lo; i < hi; i++) {
         const CocoImage *im = &imgs.images[i];
-        for (int e = 0; e < epochs; e++)
-        {
+        for (int e = 0; e < epochs; e++) {
             long n0 = n;
-            n += crops_for_image(mine + n, i, im->id, im->width, im->height, e, (uint64_t)seed,
-                                 max_split, max_boxes);
+            if (proposals) {
+                int k = crops_for_proposals(mine + n, i, im->id, im->width, im->height, e,
+                                            (uint64_t)seed,
+                                            (const double(*)[4])props.box[props.first[i]],
+                                            props.count[i], max_boxes, min_size, max_size,
+                                            &stats);
+                if (k < 0) {
+                    cs_error_set(__FILE__, __LINE__, "out of memory drawing proposals");
+                    stage_die(&st, NULL);
+                }
+                n += k;
+            } else {
+                int k = crops_for_image(mine + n, i, im->id, im->width, im->height, e,
+                                        (uint64_t)seed, max_split, max_boxes);
+                crops_scale_teacher(mine + n, k, crop_scale, im->width, im->height);
+                n += k;
+            }
             for (long r = n0; r < n; r++) mine[r].image -= s_lo;
         }
         progress_update(&prog, i - lo + 1);
     }
+    long st_local[3] = {stats.filtered, stats.outside, stats.fallback};
+    MPI_Allreduce(MPI_IN_PLACE, st_local, 3, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    stats = (CropStats){.filtered = st_local[0], .outside = st_local[1], .fallback = st_local[2]};
     /* gather the rows (as bytes) on rank 0 */
     int bytes = (int)(n * (long)sizeof(CropRow)), *counts = NULL, *displs = NULL;
     if (st.rank == 0) {
@@ -140,6 +197,9 @@ int main(int argc, char **argv) {
     free(mine);
     if (st.rank == 0) {
         snprintf(cf.dataset, sizeof cf.dataset, "%s", name);
+        snprintf(cf.mode, sizeof cf.mode, "%s", mode);
+        cf.crop_scale = crop_scale, cf.min_size = min_size, cf.max_size = max_size;
+        cf.proposals = props_digest, cf.stats = stats;
         cf.seed = (uint64_t)seed, cf.epochs = epochs, cf.max_split = max_split;
         int n_img = s_hi - s_lo;
         cf.max_boxes = max_boxes, cf.num_images = n_img;
@@ -162,15 +222,22 @@ int main(int argc, char **argv) {
         }
         stage_check(&st, cropfile_index(&cf), NULL);
         stage_check(&st, cropfile_write(&cf, dest), NULL);
-        printf("sample_crops: %d images x %d epochs -> %ld crops (%.1f per image and epoch), "
-               "digest %016llx, written to %s\n",
+        printf("sample_crops: %s mode, %d images x %d epochs -> %ld crops (%.1f per image and "
+               "epoch), digest %016llx, written to %s\n", mode,
                n_img, epochs, cf.num_rows, n_img ? (double)cf.num_rows / n_img / epochs : 0.0,
                (unsigned long long)cf.digest, dest);
+        if (proposals)
+            printf("sample_crops: of the drawn proposals, %ld outside [%g^2, %g^2] in area "
+                   "(left out, as the reference does), %ld wholly outside their image "
+                   "(skipped); %ld image-epochs with no valid box got the fallback box (0, 0, "
+                   "W/4, H/4)\n", stats.filtered, min_size, max_size, stats.outside,
+                   stats.fallback);
         cropfile_free(&cf);
     }
     free(counts);
     free(displs);
-    coco_images_free(&imgs);
+    if (proposals) coco_proposals_free(&props);
+    else coco_images_free(&imgs);
     stage_end(&st);
     return 0;
 }

@@ -320,7 +320,7 @@ int main(int argc, char **argv) {
             stage_check(&st, coco_image_path(ipath, sizeof ipath, ds.images, cf.file_name[i]), NULL);
             stage_check(&st, image_read_jpeg(&im, ipath), "the image decoded when the cache was made");
             stage_check(&st, preprocess_full(imgs + (size_t)k * 3 * S * S, &im, S, &ws), NULL);
-            float scale = (float)S / (float)(im.w > im.h ? im.w : im.h) / (float)c->patch;
+            double scale = (double)S / (double)(im.w > im.h ? im.w : im.h);
             long r0 = cf.first[(size_t)i * cf.epochs + epoch];
             int n = cf.count[(size_t)i * cf.epochs + epoch];
             stage_check(&st, teacher_cache_read(&tc, r0, n, target + (size_t)R * E, vrow), NULL);
@@ -328,7 +328,7 @@ int main(int argc, char **argv) {
                 const float *b = cf.rows[r0 + j].box;
                 float *o = boxes + (size_t)(R + j) * 5;
                 o[0] = (float)k;
-                for (int q = 0; q < 4; q++) o[1 + q] = b[q] * scale;
+                crop_token_box(o + 1, b, scale, S, S / c->patch);
             }
             R += n;
         }
