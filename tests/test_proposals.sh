@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# test_proposals.sh: region-proposal mode through the stages. make_proposals on a generated
+# dataset; sample_crops --proposals equal on 1 and 2 ranks and as 2 shards joined, and every row
+# equal to tests/reference/crops_ref.py's re-implementation of the reference's box arithmetic
+# (draw, area filter, 1.5x teacher crop, fallback); --verify; embed_teacher on the proposal
+# crops (1 and 2 ranks equal; crops the teacher box: the embedding of the enlarged crop);
+# train_student one step on them, on 2 ranks x 1 image equal to 1 rank x 2; grid
+# --crop-scale; and bad proposals: not JSON, no annotations, an empty list, an unknown image
+# id, a negative size, a missing bbox, boxes outside the image (skipped and counted).
+# Ends with "test_proposals: N passed, N failed".
+set -u
+BIN=${BUILD:-build}/bin
+PY=${PYTHON:-/usr/bin/python3}
+T=$(mktemp -d /tmp/clipself-proposals.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+# shellcheck source=tests/testlib.sh
+source "$(dirname "$0")/testlib.sh"
+
+gen_dataset 12 4
+run "$BIN/init_model" --preset tiny --seed 3 --out "$T/teacher.h5" || bad init_model
+run "$BIN/make_proposals" "${D[@]}" --out "$T/props.json" --per-object 3 --random 4 || bad make_proposals
+check "make_proposals: a COCO file with the train images and no category" "$PY" -c "
+import json, sys
+p = json.load(open('$T/props.json')); t = json.load(open('$T/data/instances_train.json'))
+ok = [i['id'] for i in p['images']] == sorted(i['id'] for i in t['images'])
+ok &= len(p['annotations']) >= 4 * len(p['images']) and all('category_id' not in a for a in p['annotations'])
+sys.exit(0 if ok else 1)"
+
+# ---- sample_crops --proposals: ranks, shards, the reference's arithmetic ----
+P=(--epochs 3 --proposals "$T/props.json" --max-boxes 10 --min-size 6 --max-size 30)
+run "$BIN/sample_crops" "${D[@]}" "${P[@]}" --out "$T/pc1.h5" || bad "sample_crops --proposals"
+run "${MPI2[@]}" "$BIN/sample_crops" "${D[@]}" "${P[@]}" --out "$T/pc2.h5"
+check "sample_crops --proposals: 1 and 2 ranks give identical crops" same_h5 "$T/pc1.h5" "$T/pc2.h5"
+for s in 0 1; do run "$BIN/sample_crops" "${D[@]}" "${P[@]}" --shards 2 --shard "$s" --out "$T/pcs.h5"; done
+run "$BIN/sample_crops" "${D[@]}" "${P[@]}" --shards 2 --join --out "$T/pcs.h5"
+check "sample_crops --proposals: 2 shards joined equal one run" same_h5 "$T/pc1.h5" "$T/pcs.h5"
+check "sample_crops --proposals: every row is the reference's (crops_ref.py)" "$PY" -c "
+import h5py, json, sys, numpy as np
+sys.path.insert(0, 'tests/reference')
+import crops_ref
+f = h5py.File('$T/pc1.h5'); p = json.load(open('$T/props.json'))
+boxes = {}
+for a in p['annotations']: boxes.setdefault(a['image_id'], []).append(a['bbox'])
+ids, W, H = f['images/id'][()], f['images/width'][()], f['images/height'][()]
+first, count = f['index/first'][()], f['index/count'][()]
+rows, tb = f['crops/box'][()], f['crops/teacher_box'][()]
+tot = dict(filtered=0, outside=0, fallback=0); bad = 0
+for i in range(len(ids)):
+    for e in range(3):
+        s, t, _, st = crops_ref.proposals(int(W[i]), int(H[i]), int(ids[i]), e, 0,
+                                          boxes.get(int(ids[i]), []), 10, 6, 30, 64, 8)
+        r0, n = first[i, e], count[i, e]
+        bad += n != len(s) or not np.array_equal(rows[r0:r0 + n], s) or not np.array_equal(tb[r0:r0 + n], t)
+        for k in tot: tot[k] += st[k]
+ok = bad == 0 and all(int(f.attrs[k]) == v for k, v in tot.items()) and f.attrs['mode'] == 'proposals'
+print(tot, bad)
+sys.exit(0 if ok and tot['filtered'] > 0 else 1)"
+vcode() { local want=$1 name=$2; shift 2; "$@" >/dev/null 2>&1; local rc=$?; [ "$rc" -eq "$want" ] && ok || bad "$name (exit $rc, want $want)"; }
+vcode 0 "sample_crops --proposals --verify: complete" "$BIN/sample_crops" "${D[@]}" "${P[@]}" --out "$T/pc1.h5" --verify
+vcode 2 "sample_crops --proposals --verify: another --min-size is stale" "$BIN/sample_crops" "${D[@]}" "${P[@]}" --min-size 4 --out "$T/pc1.h5" --verify
+vcode 2 "sample_crops --verify: grid settings on a proposals file are stale" "$BIN/sample_crops" "${D[@]}" --epochs 3 --max-boxes 10 --out "$T/pc1.h5" --verify
+
+# ---- embed_teacher and train_student on proposal crops ----
+E=(--crops "$T/pc1.h5" --teacher "$T/teacher.h5" --chunk 2 --batch 8)
+run "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --out "$T/cache1.h5" || bad "embed_teacher on proposal crops"
+run "${MPI2[@]}" "$BIN/embed_teacher" "${D[@]}" "${E[@]}" --out "$T/cache2.h5"
+check "embed_teacher on proposal crops: 1 and 2 ranks give the same embeddings" same_h5 "$T/cache1.h5" "$T/cache2.h5"
+# the teacher crops the 1.5x box: a centred box of 0.8 of each side and the whole image have
+# the same teacher crop (both clip to the image), so the same embeddings, though the student's
+# boxes differ
+"$PY" -c "
+import json
+t = json.load(open('$T/data/instances_train.json'))
+for name, f in (('centre', 0.8), ('whole', 1.0)):
+    a = [{'image_id': i['id'], 'bbox': [i['width'] * (1 - f) / 2, i['height'] * (1 - f) / 2,
+                                         i['width'] * f, i['height'] * f]} for i in t['images']]
+    json.dump({'images': t['images'], 'annotations': a}, open('$T/%s.json' % name, 'w'))"
+for n in centre whole; do
+  run "$BIN/sample_crops" "${D[@]}" --epochs 1 --proposals "$T/$n.json" --out "$T/c_$n.h5"
+  run "$BIN/embed_teacher" "${D[@]}" --crops "$T/c_$n.h5" --teacher "$T/teacher.h5" --out "$T/e_$n.h5"
+done
+check "embed_teacher crops the teacher box: a 0.8 box and the whole image embed the same" \
+  h5diff -q "$T/e_centre.h5" "$T/e_whole.h5" /embeddings /embeddings
+check "... while the student's boxes differ" bash -c "! h5diff -q '$T/c_centre.h5' '$T/c_whole.h5' /crops/box /crops/box"
+TR=(--crops "$T/pc1.h5" --cache "$T/cache1.h5" --init "$T/teacher.h5" --det-size 64 --lr 1e-4 --warmup 1 --max-steps 1)
+run "$BIN/train_student" "${D[@]}" "${TR[@]}" --batch 2 --run-dir "$T/r1x2" || bad "train_student on proposal crops"
+run "${MPI2[@]}" "$BIN/train_student" "${D[@]}" "${TR[@]}" --batch 1 --run-dir "$T/r2x1"
+check "train_student on proposal crops: same loss on 2 ranks x 1 and 1 rank x 2" "$PY" -c "
+import sys, math
+l = [float(open(p).read().splitlines()[1].split(',')[2]) for p in ('$T/r1x2/train_log.csv', '$T/r2x1/train_log.csv')]
+sys.exit(0 if math.isfinite(l[0]) and abs(l[0] - l[1]) < 1e-6 else 1)"
+
+# ---- grid --crop-scale: the teacher crops each tile enlarged and clipped ----
+run "$BIN/sample_crops" "${D[@]}" --epochs 1 --crop-scale 2 --out "$T/gs.h5" || bad "sample_crops --crop-scale"
+check "sample_crops --crop-scale 2: teacher crops are the tiles doubled about their centres, clipped" "$PY" -c "
+import sys, h5py, numpy as np
+sys.path.insert(0, 'tests/reference')
+import crops_ref
+f = h5py.File('$T/gs.h5'); W, H = f['images/width'][()], f['images/height'][()]
+img, box, tb = f['crops/image'][()], f['crops/box'][()], f['crops/teacher_box'][()]
+ok = all(np.array_equal(crops_ref.grid_teacher(box[r:r + 1], 2.0, int(W[img[r]]), int(H[img[r]]))[0], tb[r]) for r in range(len(box)))
+sys.exit(0 if ok and (tb[:, 2] - tb[:, 0] > box[:, 2] - box[:, 0]).any() else 1)"
+vcode 2 "sample_crops --verify: another --crop-scale is stale" "$BIN/sample_crops" "${D[@]}" --epochs 1 --crop-scale 1.5 --out "$T/gs.h5" --verify
+
+# ---- bad proposals: a named error, or a recorded skip ----
+# fails NAME WANT FILE: sample_crops --proposals FILE exits non-zero, names FILE and says WANT
+fails() {
+  local out
+  out=$("$BIN/sample_crops" "${D[@]}" --proposals "$3" --out "$T/bad.h5" 2>&1) && { bad "$1: accepted"; return; }
+  grep -qF "$3" <<<"$out" && grep -qF "$2" <<<"$out" && ok || bad "$1: message '$out'"
+  [ ! -e "$T/bad.h5" ] && ok || bad "$1: wrote an output"
+}
+IMG='{"id": 1, "file_name": "000000000001.jpg", "width": 90, "height": 76}'
+echo '{"images": [' > "$T/trunc.json"
+fails "a truncated file" "premature EOF" "$T/trunc.json"
+echo "{\"images\": [$IMG]}" > "$T/noanns.json"
+fails "no annotations" 'no "annotations"' "$T/noanns.json"
+echo "{\"images\": [$IMG], \"annotations\": []}" > "$T/empty.json"
+fails "an empty list" "is empty" "$T/empty.json"
+echo "{\"images\": [$IMG], \"annotations\": [{\"image_id\": 7, \"bbox\": [1, 2, 30, 30]}]}" > "$T/unknown.json"
+fails "an unknown image id" "image_id 7, which is not in" "$T/unknown.json"
+echo "{\"images\": [$IMG], \"annotations\": [{\"image_id\": 1, \"bbox\": [1, 2, -30, 30]}]}" > "$T/neg.json"
+fails "a negative size" "negative width or height" "$T/neg.json"
+echo "{\"images\": [$IMG], \"annotations\": [{\"image_id\": 1}]}" > "$T/nobbox.json"
+fails "a missing bbox" 'missing required field "bbox"' "$T/nobbox.json"
+echo "{\"images\": [$IMG], \"annotations\": [{\"image_id\": 1, \"bbox\": [1, 2, \"w\", 30]}]}" > "$T/strbox.json"
+fails "a bbox with a string" "a finite number" "$T/strbox.json"
+out=$("$BIN/sample_crops" "${D[@]}" --proposals "$T/props.json" --crop-scale 2 --out "$T/bad.h5" 2>&1)
+check "--crop-scale with --proposals is refused" grep -q "crop-scale is for grid mode" <<<"$out"
+# boxes outside the image are skipped and counted; an image left with nothing gets the fallback
+cat > "$T/outside.json" <<EOF
+{"images": [$IMG], "annotations": [{"image_id": 1, "bbox": [95, 10, 20, 20]},
+ {"image_id": 1, "bbox": [-40, -40, 30, 30]}, {"image_id": 1, "bbox": [10, 80, 20, 20]}]}
+EOF
+out=$("$BIN/sample_crops" "${D[@]}" --epochs 1 --proposals "$T/outside.json" --out "$T/out.h5" 2>&1)
+check "boxes outside the image: skipped, counted, fallback box used" "$PY" -c "
+import sys, h5py, numpy as np
+f = h5py.File('$T/out.h5')
+ok = int(f.attrs['outside']) == 3 and int(f.attrs['fallback']) == 1
+ok &= np.array_equal(f['crops/box'][()], np.array([[0, 0, 22.5, 19]], np.float32))
+ok &= np.array_equal(f['crops/teacher_box'][()], np.array([[0, 0, 22, 19]], np.float64))
+sys.exit(0 if ok else 1)"
+grep -q "3 wholly outside their image (skipped); 1 image-epochs with no valid box" <<<"$out" && ok || bad "the skips are reported: $out"
+
+echo "test_proposals: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
