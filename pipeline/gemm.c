@@ -67,10 +67,39 @@ static const arch_t blas_configured[] = {
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static int blas_status;
 static char blas_error[256];
+static char blas_why[160] = "BLIS's own choice";
+
+static int has_avx512(void) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+static int has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 static void blas_setup(void) {
     const char *want = getenv("CLIPSELF_KERNELS");
-    if (want && *want && !getenv("BLIS_ARCH_TYPE")) {
+    __builtin_cpu_init();
+    if (getenv("BLIS_ARCH_TYPE")) {
+        snprintf(blas_why, sizeof blas_why, "BLIS_ARCH_TYPE=%s, set by the user",
+                 getenv("BLIS_ARCH_TYPE"));
+    } else if (!want || !*want || !strcmp(want, "auto")) {
+        /* BLIS picks by CPU family and model; a CPU newer than this BLIS (AMD family 26 for
+         * 0.9.0) gets the generic kernels, 4-6x slower. Then take the widest SIMD set the CPU
+         * runs: skx with AVX-512, else haswell with AVX2 and FMA. */
+        arch_t own = bli_cpuid_query_id();
+        const char *pick = NULL;
+        if (own == BLIS_ARCH_GENERIC && has_avx512()) pick = "skx";
+        else if (own == BLIS_ARCH_GENERIC && has_avx2()) pick = "haswell";
+        if (pick) {
+            snprintf(blas_why, sizeof blas_why, "BLIS's own choice is generic on this CPU; "
+                     "picked for its %s (CLIPSELF_KERNELS=blis keeps generic)",
+                     !strcmp(pick, "skx") ? "AVX-512" : "AVX2 and FMA");
+            char v[16];
+            snprintf(v, sizeof v, "%d", !strcmp(pick, "skx") ? BLIS_ARCH_SKX : BLIS_ARCH_HASWELL);
+            setenv("BLIS_ARCH_TYPE", v, 1);
+        }
+    } else if (!strcmp(want, "blis")) {
+        snprintf(blas_why, sizeof blas_why, "BLIS's own choice (CLIPSELF_KERNELS=blis)");
+    } else {
         /* only a set this BLIS was built with: another id makes bli_init abort */
         int id = -1;
         char names[256] = "";
@@ -88,15 +117,13 @@ static void blas_setup(void) {
         }
         /* a set whose instructions the CPU lacks would end in SIGILL */
         int fits = 1;
-        __builtin_cpu_init();
         if (id == BLIS_ARCH_SKX || id == BLIS_ARCH_KNL)
-            fits = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+            fits = has_avx512();
         else if (id == BLIS_ARCH_EXCAVATOR || id == BLIS_ARCH_STEAMROLLER ||
                  id == BLIS_ARCH_PILEDRIVER || id == BLIS_ARCH_BULLDOZER)
             fits = __builtin_cpu_supports("fma4"); /* AMD's pre-Zen FMA4 kernels */
         else if (id != BLIS_ARCH_GENERIC && id != BLIS_ARCH_PENRYN && id != BLIS_ARCH_SANDYBRIDGE)
-            fits = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+            fits = has_avx2();
         else if (id == BLIS_ARCH_SANDYBRIDGE)
             fits = __builtin_cpu_supports("avx");
         if (!fits) {
@@ -108,6 +135,7 @@ static void blas_setup(void) {
         char v[16];
         snprintf(v, sizeof v, "%d", id);
         setenv("BLIS_ARCH_TYPE", v, 1);
+        snprintf(blas_why, sizeof blas_why, "CLIPSELF_KERNELS=%s", want);
     }
     bli_init(); /* bli_arch_query_id() before bli_init() aborts ("uninitialized context") */
 }
@@ -121,6 +149,11 @@ int cs_blas_init(void) {
 const char *cs_blas_kernels(void) {
     if (cs_blas_init()) return "unknown";
     return bli_arch_string(bli_arch_query_id());
+}
+
+const char *cs_blas_kernels_why(void) {
+    cs_blas_init();
+    return blas_why;
 }
 
 void gemm(int transa, int transb, int m, int n, int k, float alpha, const float *a, int lda,

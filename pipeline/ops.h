@@ -16,13 +16,20 @@ void cs_set_num_threads(int n);
 
 /* ---- BLIS kernel set (gemm.c) ------------------------------------------------------------- */
 /* BLIS picks one of its sub-configurations (kernel sets: skx, haswell, zen3, ..., generic) once,
- * when it initialises, and honours its documented variable BLIS_ARCH_TYPE (an arch_t id) then.
- * cs_blas_init() runs before BLIS's first use (gemm calls it): if CLIPSELF_KERNELS names a
- * BLIS configuration it sets BLIS_ARCH_TYPE to that configuration's id; a BLIS_ARCH_TYPE the
- * user set stays as it is. Returns 0, or -1 (cs_error) for a name BLIS does not have. */
+ * when it initialises, by CPU family and model, and honours its documented variable
+ * BLIS_ARCH_TYPE (an arch_t id) then. cs_blas_init() runs before BLIS's first use (gemm calls
+ * it; stages call it at start-up):
+ *   - a BLIS_ARCH_TYPE the user set stays as it is;
+ *   - CLIPSELF_KERNELS=NAME (a BLIS configuration name) sets it to that set, refused if this
+ *     BLIS lacks it or the CPU lacks its instructions; CLIPSELF_KERNELS=blis keeps BLIS's pick;
+ *   - otherwise (or "auto") BLIS's own pick, unless that is generic on a CPU with AVX-512
+ *     (then skx) or AVX2 and FMA (then haswell): BLIS 0.9.0 does not know AMD family 26
+ *     (Zen 5) and would run its generic kernels there, 4-6x slower.
+ * Returns 0, or -1 (cs_error) for a set that cannot run. */
 int cs_blas_init(void);
-/* The name of the kernel set BLIS runs (initialises BLIS if needed). */
+/* The name of the kernel set BLIS runs, and why it is that one (initialise BLIS if needed). */
 const char *cs_blas_kernels(void);
+const char *cs_blas_kernels_why(void);
 
 /* ---- matrix products (gemm.c): every matrix product of the project goes through BLIS ---- */
 /* Row-major C (m, n) = alpha * op(A) (m, k) * op(B) (k, n) + beta * C, op = transpose if t*.

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "ops.h"
 
 void stage_begin(Stage *s, const char *name, int *argc, char ***argv) {
     /* stdout is a pipe or a file under mpirun, srun and Slurm: lines reach the job log as
@@ -29,6 +30,14 @@ int stage_options(Stage *s, int argc, char **argv, const char *synopsis, const C
         if (s->rank == 0) fprintf(stderr, "%s: %s\n", s->name, cs_error());
         MPI_Finalize();
         exit(2);
+    }
+    if (rc == 0) {
+        /* the first line: what the products run on (a wrong CLIPSELF_KERNELS stops here) */
+        if (cs_blas_init() != 0) stage_die(s, "unset CLIPSELF_KERNELS, or name a set of this "
+                                              "BLIS that the CPU runs");
+        if (s->rank == 0)
+            printf("%s: BLIS kernels %s: %s; %d threads x %d ranks\n", s->name,
+                   cs_blas_kernels(), cs_blas_kernels_why(), cs_num_threads(), s->size);
     }
     return rc;
 }
