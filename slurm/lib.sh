@@ -11,7 +11,14 @@
 job_defaults() {
   DATASETS=datasets.cfg
   RANKS=2 THREADS_PER_RANK=1 LAUNCHER=mpirun
-  EPOCHS=2 MAX_SPLIT=6 MAX_BOXES=20 CROP_SEED=0
+  EPOCHS=2 MAX_SPLIT=6 MAX_BOXES=20 CROP_SEED=0 CROP_SCALE=1
+  # the students trained from the one teacher: "patches" (CLIPSelf's grid tiles) and/or
+  # "proposals" (region proposals from PROPOSALS, a COCO-format JSON of boxes, or with
+  # PROPOSALS_MAKE=1 boxes made by make_proposals from the training set's ground truth:
+  # PROPOSALS_PER_OBJECT jittered copies of each object's box, PROPOSALS_JITTER, and
+  # PROPOSALS_RANDOM random boxes per image). MIN_SIZE / MAX_SIZE: the proposals' area range.
+  STUDENTS=patches PROPOSALS="" PROPOSALS_MAKE=0 PROPOSALS_PER_OBJECT=3 PROPOSALS_RANDOM=4
+  PROPOSALS_JITTER=0.1 MIN_SIZE=8 MAX_SIZE=1024
   BATCH=2 LR=1e-5 WD=0.1 WARMUP=1000 DET_SIZE=1024 ALPHA=0.7 SAVE_EVERY=1000 TRAIN_SEED=0
   TEACHER="" TEACHER_PRESET=tiny TEACHER_SEED=1 DATA_DIR="" EMBED_CHUNK=64 FP16=0
   # TEACHER_PRETRAIN=1: pretrain_teacher trains the teacher and the class embeddings on the
@@ -63,11 +70,40 @@ job_load() {
   TEACHER_PATH=${TEACHER:-$RUN_DIR/teacher.h5}
   PRETRAIN_ANNOTATIONS=${PRETRAIN_ANNOTATIONS:-$DATA_DIR/panoptic_train.json}
   CLASSES_OUT=${CLASSES_OUT:-$DATA_DIR/classes.h5}
-  CROPS=$RUN_DIR/crops.h5 CACHE=$RUN_DIR/teacher_cache.h5 TRAIN_DIR=$RUN_DIR/train
   EVAL_DIR=$RUN_DIR/eval MANIFEST=$RUN_DIR/eval/manifest.tsv
+  [ "$PROPOSALS_MAKE" = 1 ] && PROPOSALS=${PROPOSALS:-$RUN_DIR/proposals.json}
+  local k
+  for k in $STUDENTS; do
+    case $k in
+      patches) ;;
+      proposals) [ -n "$PROPOSALS" ] || { echo "clipself: $JOB_FILE trains a proposals student" \
+                   "but sets neither PROPOSALS (a COCO-format JSON of boxes) nor PROPOSALS_MAKE=1" >&2
+                 return 1; } ;;
+      *) echo "clipself: $JOB_FILE: STUDENTS has '$k'; the kinds are patches and proposals" >&2
+         return 1 ;;
+    esac
+  done
+  [ -n "$STUDENTS" ] || { echo "clipself: $JOB_FILE sets no STUDENTS" >&2; return 1; }
+  student_use "${STUDENT:-${STUDENTS%% *}}" || return 1
   D=(--datasets "$DATASETS" --dataset "$DATASET")
   if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
   export OMP_NUM_THREADS=$THREADS_PER_RANK
+}
+
+# student_use KIND: the files of one student (patches: crops.h5, teacher_cache.h5, train/ and
+# student.safetensors, as for a job with one student; proposals: the same names with
+# "-proposals"), and its label in the comparison ("student" when the job trains one student,
+# else "student_patches", "student_proposals").
+student_use() {
+  case " $STUDENTS " in *" $1 "*) ;; *)
+    echo "clipself: student '$1' is not in STUDENTS ($STUDENTS)" >&2; return 1 ;;
+  esac
+  STUDENT=$1
+  local sfx=""
+  [ "$1" = patches ] || sfx=-$1
+  CROPS=$RUN_DIR/crops$sfx.h5 CACHE=$RUN_DIR/teacher_cache$sfx.h5 TRAIN_DIR=$RUN_DIR/train$sfx
+  EXPORT_OUT=$RUN_DIR/student$sfx.safetensors
+  if [ "$STUDENTS" = "$1" ]; then STUDENT_LABEL=student; else STUDENT_LABEL=student_$1; fi
 }
 
 # mpi N: the MPI launcher for N ranks, in MPI=(...). Inside a Slurm allocation, by default
@@ -98,8 +134,13 @@ stage_prepare() {
     "${MPI[@]}" "$BIN/make_dataset" --out "$DATA_DIR" --train "$TRAIN_IMAGES" --val "$VAL_IMAGES" \
       --seed "${DATA_SEED:-0}"
   fi
+  if [ "$PROPOSALS_MAKE" = 1 ] && [ ! -e "$PROPOSALS" ]; then
+    "$BIN/make_proposals" "${D[@]}" --out "$PROPOSALS" --per-object "$PROPOSALS_PER_OBJECT" \
+      --random "$PROPOSALS_RANDOM" --jitter "$PROPOSALS_JITTER" --seed "$CROP_SEED"
+  fi
 }
 verify_prepare() {
+  if [ "$PROPOSALS_MAKE" = 1 ]; then [ -e "$PROPOSALS" ] || return 1; fi
   [ -z "$DATA_DIR" ] && return 0
   [ -e "$DATA_DIR/panoptic_val.json" ] && [ -e "$DATA_DIR/panoptic_train.json" ] &&
     [ -e "$DATA_DIR/instances_train.json" ]
@@ -182,9 +223,14 @@ verify_classes() {
 crops_args() {
   CROPS_ARGS=("${D[@]}" --epochs "$EPOCHS" --max-split "$MAX_SPLIT" --max-boxes "$MAX_BOXES"
               --seed "$CROP_SEED" --out "$CROPS")
+  if [ "$STUDENT" = proposals ]; then
+    CROPS_ARGS+=(--proposals "$PROPOSALS" --min-size "$MIN_SIZE" --max-size "$MAX_SIZE")
+  else
+    CROPS_ARGS+=(--crop-scale "$CROP_SCALE")
+  fi
 }
 stage_crops() {
-  say "sample_crops shard ${1:-0} of $CROPS_SHARDS"
+  say "sample_crops ($STUDENT) shard ${1:-0} of $CROPS_SHARDS"
   crops_args; mpi "$RANKS"
   if [ "$CROPS_SHARDS" -gt 1 ]; then
     "${MPI[@]}" "$BIN/sample_crops" "${CROPS_ARGS[@]}" --shards "$CROPS_SHARDS" --shard "${1:-0}"
@@ -194,7 +240,7 @@ stage_crops() {
 }
 stage_crops_join() {
   [ "$CROPS_SHARDS" -gt 1 ] || return 0
-  say "sample_crops join"
+  say "sample_crops ($STUDENT) join"
   crops_args
   "$BIN/sample_crops" "${CROPS_ARGS[@]}" --shards "$CROPS_SHARDS" --join
 }
@@ -208,7 +254,7 @@ embed_args() {
   return 0
 }
 stage_embed() {
-  say "embed_teacher shard ${1:-0} of $EMBED_SHARDS"
+  say "embed_teacher ($STUDENT) shard ${1:-0} of $EMBED_SHARDS"
   embed_args; mpi "$EMBED_RANKS"
   if [ "$EMBED_SHARDS" -gt 1 ]; then
     "${MPI[@]}" "$BIN/embed_teacher" "${EMBED_ARGS[@]}" --shards "$EMBED_SHARDS" \
@@ -219,7 +265,7 @@ stage_embed() {
 }
 stage_embed_join() {
   [ "$EMBED_SHARDS" -gt 1 ] || return 0
-  say "embed_teacher join"
+  say "embed_teacher ($STUDENT) join"
   embed_args; mpi "$EMBED_RANKS"
   "${MPI[@]}" "$BIN/embed_teacher" "${EMBED_ARGS[@]}" --join
 }
@@ -245,13 +291,13 @@ verify_train() {
 
 # ---- export: the trained student as safetensors, run at the end of training
 export_args() {
-  EXPORT_ARGS=(--model "$TRAIN_DIR/student.h5" --out "$RUN_DIR/student.safetensors")
+  EXPORT_ARGS=(--model "$TRAIN_DIR/student.h5" --out "$EXPORT_OUT")
   case $TEACHER_PATH in *.safetensors) EXPORT_ARGS+=(--like "$TEACHER_PATH") ;; esac
   [ -n "$EXPORT_NAMING" ] && EXPORT_ARGS+=(--naming "$EXPORT_NAMING")
   return 0
 }
 stage_export() {
-  say "export_model"
+  say "export_model ($STUDENT)"
   export_args
   "$BIN/export_model" "${EXPORT_ARGS[@]}"
 }
@@ -261,20 +307,26 @@ verify_export() { export_args; "$BIN/export_model" "${EXPORT_ARGS[@]}" --verify;
 # manifest lines: label TAB checkpoint TAB benchmark TAB results JSON
 write_manifest() {
   mkdir -p "$EVAL_DIR"
-  local tmp=$MANIFEST.tmp.$$ e b w
+  local tmp=$MANIFEST.tmp.$$ e b w k keep=$STUDENT
   {
     echo "# label	checkpoint	benchmark	results (written by slurm/lib.sh for $JOB_FILE)"
     for b in $EVAL_BENCHMARKS; do
       printf 'teacher\t%s\t%s\t%s\n' "$TEACHER_PATH" "$b" "$EVAL_DIR/teacher@$b.json"
-      for ((e = 1; e < EPOCHS; e++)); do
-        printf 'epoch_%d\t%s\t%s\t%s\n' "$e" "$TRAIN_DIR/epoch_$e.h5" "$b" "$EVAL_DIR/epoch_$e@$b.json"
+      for k in $STUDENTS; do
+        student_use "$k"
+        local ep=epoch
+        [ "$STUDENT_LABEL" = student ] || ep=${STUDENT_LABEL#student_}_epoch
+        for ((e = 1; e < EPOCHS; e++)); do
+          printf '%s_%d\t%s\t%s\t%s\n' "$ep" "$e" "$TRAIN_DIR/epoch_$e.h5" "$b" "$EVAL_DIR/${ep}_$e@$b.json"
+        done
+        printf '%s\t%s\t%s\t%s\n' "$STUDENT_LABEL" "$TRAIN_DIR/student.h5" "$b" "$EVAL_DIR/$STUDENT_LABEL@$b.json"
       done
-      printf 'student\t%s\t%s\t%s\n' "$TRAIN_DIR/student.h5" "$b" "$EVAL_DIR/student@$b.json"
       for w in $EVAL_MODELS; do
         printf '%s\t%s\t%s\t%s\n' "${w%%=*}" "${w#*=}" "$b" "$EVAL_DIR/${w%%=*}@$b.json"
       done
     done
   } >"$tmp" && mv -f "$tmp" "$MANIFEST"
+  student_use "$keep"
 }
 # manifest_task I: MT_LABEL MT_MODEL MT_BENCH MT_OUT of task I (0-based)
 manifest_task() {
@@ -293,8 +345,8 @@ stage_eval() {
   say "evaluate $MT_LABEL on $MT_BENCH"
   eval_args; mpi "$EVAL_RANKS"
   local pics=()
-  if [ "$PICTURES" -gt 0 ] && [ "$MT_LABEL" = student ]; then
-    pics=(--pictures "$RUN_DIR/pictures/$MT_BENCH" --pictures-max "$PICTURES"
+  if [ "$PICTURES" -gt 0 ] && [[ "$MT_LABEL" = student || "$MT_LABEL" = student_* ]]; then
+    pics=(--pictures "$RUN_DIR/pictures/$MT_BENCH${MT_LABEL#student}" --pictures-max "$PICTURES"
           --pictures-vs "$TEACHER_PATH")
   fi
   "${MPI[@]}" "$BIN/evaluate" "${EVAL_ARGS[@]}" "${pics[@]}"
@@ -307,6 +359,9 @@ verify_eval() {
 }
 stage_compare() {
   say "compare"
+  local after="" k keep=$STUDENT
+  for k in $STUDENTS; do student_use "$k"; after=${after:+$after,}$STUDENT_LABEL; done
+  student_use "$keep"
   "$BIN/compare_results" --manifest "$MANIFEST" --out "$RUN_DIR/comparison" --before teacher \
-    --after student
+    --after "$after"
 }

@@ -488,7 +488,8 @@ int main(int argc, char **argv) {
     CliOpt opts[] = {
         {"before", CLI_STRING, &before, "with --after: a before/after table of these two labels "
                                         "(e.g. teacher and student) on each benchmark"},
-        {"after", CLI_STRING, &after, "the label compared against --before"},
+        {"after", CLI_STRING, &after, "the label compared against --before, or several "
+                                      "separated by commas (a table each)"},
         {"manifest", CLI_STRING, &manifest,
          "the expected results, one per line: label<TAB>model<TAB>benchmark<TAB>result.json "
          "(required)"},
@@ -537,8 +538,13 @@ int main(int argc, char **argv) {
         stage_check(&st, distinct(&mf, 0, &labels, &nl), NULL);
         Buf md = {0};
         stage_check(&st, markdown(&md, &mf, benches, nb, labels, nl, nbad), NULL);
-        if (before && after)
-            stage_check(&st, before_after(&md, &mf, benches, nb, before, after), NULL);
+        if (before && after) { /* one table per --after label, a comma-separated list */
+            char list[1024];
+            snprintf(list, sizeof list, "%s", after);
+            for (char *save = NULL, *lab = strtok_r(list, ",", &save); lab;
+                 lab = strtok_r(NULL, ",", &save))
+                stage_check(&st, before_after(&md, &mf, benches, nb, before, lab), NULL);
+        }
         size_t plen = strlen(out) + 6;
         char *md_path = malloc(plen), *json_path = malloc(plen);
         if (!md_path || !json_path) {

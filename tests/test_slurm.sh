@@ -149,6 +149,25 @@ check "a second submission exits 0" test $? -eq 0
 check "a second submission submits nothing" grep -q '^jobs: *$' "$T/submit2.log"
 check "it reports every stage complete" test "$(grep -c 'complete, skipped' "$T/submit2.log")" -ge 5
 
+# a second student on region proposals: the patches student's stages are complete and
+# skipped; the proposals student's crops, cache and training are submitted with STUDENT in
+# their environment, then every evaluation (the dry run prints the sbatch commands)
+{ cat "$T/slurm.job"; echo 'STUDENTS="patches proposals"'; echo "PROPOSALS=$T/props.json"; } >"$T/two.job"
+"$BUILD/bin/make_proposals" --datasets "$T/datasets.cfg" --dataset s --out "$T/props.json" >/dev/null 2>&1
+slurm/submit --dry-run "$T/two.job" >"$T/submit5.log" 2>&1
+check "two students: the dry run exits 0" test $? -eq 0
+check "two students: the patches student's stages are complete" \
+  test "$(grep -cE '^  (crops|embed|train) +complete, skipped' "$T/submit5.log")" -eq 3
+for st in crops-proposals embed-proposals train-proposals; do
+  check "two students: $st submitted for the proposals student" \
+    grep -qE "job-name clipself-$st-two .*STUDENT=proposals" "$T/submit5.log"
+done
+# per benchmark: teacher (complete), the patches epoch and student (complete, but now labelled
+# patches_epoch_1 and student_patches: results of their own), the proposals epoch and student,
+# other (complete)
+check "two students: the teacher's and other's results kept, the students' evaluated" \
+  grep -qE '^  eval +job .*array 1-4,7-10 of 12' "$T/submit5.log"
+
 # a stale output stops the submission, naming the file
 cp "$T/slurm/crops.h5" "$T/crops.bak"
 "$BUILD/bin/sample_crops" --datasets "$T/datasets.cfg" --dataset s --epochs 3 --out "$T/slurm/crops.h5" >/dev/null 2>&1
