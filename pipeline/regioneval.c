@@ -2,6 +2,7 @@
 #include "regioneval.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,11 +20,15 @@ int region_counts_init(RegionCounts *rc, int num_classes) {
     CS_ALLOC(rc->count, num_classes);
     CS_ALLOC(rc->top1, (size_t)EVAL_METHODS * num_classes);
     CS_ALLOC(rc->top5, (size_t)EVAL_METHODS * num_classes);
+    CS_ALLOC(rc->seg_inter, num_classes);
+    CS_ALLOC(rc->seg_gt, num_classes);
+    CS_ALLOC(rc->seg_pred, num_classes);
     return 0;
 }
 
 void region_counts_free(RegionCounts *rc) {
     free(rc->count), free(rc->top1), free(rc->top5);
+    free(rc->seg_inter), free(rc->seg_gt), free(rc->seg_pred), free(rc->regions);
     memset(rc, 0, sizeof *rc);
 }
 
@@ -50,6 +55,7 @@ int regioneval_init(RegionEval *re, Vit *model, const ClassEmbeddings *classes,
     CS_ALLOC(re->masks, (size_t)MAX_SEGMENTS * N);
     CS_ALLOC(re->mask_grid, N);
     CS_ALLOC(re->logits, classes->num);
+    CS_ALLOC(re->tok_logits, (size_t)N * classes->num);
     CS_ALLOC(re->crop_box, MAX_SEGMENTS);
     return 0;
 }
@@ -57,6 +63,7 @@ int regioneval_init(RegionEval *re, Vit *model, const ClassEmbeddings *classes,
 void regioneval_free(RegionEval *re) {
     free(re->full), free(re->crops), free(re->dense), free(re->feat), free(re->norm);
     free(re->boxes), free(re->masks), free(re->mask_full), free(re->mask_grid), free(re->logits), free(re->crop_box);
+    free(re->tok_logits);
     image_work_free(&re->ws);
     memset(re, 0, sizeof *re);
 }
@@ -68,6 +75,16 @@ static int round_half_even(double x) {
     return (int)f;
 }
 
+static int cmp_rec(const void *a, const void *b) {
+    const RegionRec *x = a, *y = b;
+    if (x->image_id != y->image_id) return x->image_id < y->image_id ? -1 : 1;
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+void region_recs_sort(RegionRec *recs, long n) {
+    if (n > 1) qsort(recs, (size_t)n, sizeof *recs, cmp_rec);
+}
+
 int region_rank(const float *logits, int K, int y) {
     int rank = 0;
     for (int k = 0; k < K; k++) rank += k != y && !(logits[k] < logits[y]);
@@ -75,7 +92,8 @@ int region_rank(const float *logits, int K, int y) {
 }
 
 /* Classify feat (R, E) (normalised) and add to the tallies of method. */
-static void classify(RegionEval *re, RegionCounts *rc, int method, int R, const int *labels) {
+static void classify(RegionEval *re, RegionCounts *rc, int method, int R, const int *labels,
+                     RegionRec *recs) {
     const ClassEmbeddings *ce = re->classes;
     int K = ce->num;
     float *logits = re->logits;
@@ -90,6 +108,8 @@ static void classify(RegionEval *re, RegionCounts *rc, int method, int R, const 
         int y = labels[r], above = region_rank(logits, K, y);
         rc->top1[(size_t)method * K + y] += above == 0;
         rc->top5[(size_t)method * K + y] += above < 5;
+        recs[r].hit1 |= (uint8_t)((above == 0) << method);
+        recs[r].hit5 |= (uint8_t)((above < 5) << method);
     }
 }
 
@@ -159,15 +179,26 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
     *used = R;
     if (R == 0) return 0;
     for (int r = 0; r < R; r++) rc->count[labels[r]]++;
+    if (rc->num_regions + R > rc->cap_regions) {
+        long cap = rc->cap_regions ? 2 * rc->cap_regions : 1024;
+        while (cap < rc->num_regions + R) cap *= 2;
+        RegionRec *grown = realloc(rc->regions, (size_t)cap * sizeof *grown);
+        CS_CHECK(grown, "out of memory for %ld region records", cap);
+        rc->regions = grown, rc->cap_regions = cap;
+    }
+    RegionRec *recs = rc->regions + rc->num_regions;
+    for (int r = 0; r < R; r++)
+        recs[r] = (RegionRec){.image_id = pi->id, .category = labels[r], .seq = (uint8_t)r};
+    rc->num_regions += R;
     /* rois */
     roi_align_forward(re->feat, re->dense, re->boxes, R, 1, g, g, E, 1, 1, 1.0f, -1);
     l2norm_forward(re->feat, re->norm, re->feat, R, E);
-    classify(re, rc, EVAL_ROIS, R, labels);
+    classify(re, rc, EVAL_ROIS, R, labels, recs);
     /* maskpool */
     int zeros[MAX_SEGMENTS] = {0};
     maskpool_forward(re->feat, re->dense, re->masks, zeros, R, 1, N, E);
     l2norm_forward(re->feat, re->norm, re->feat, R, E);
-    classify(re, rc, EVAL_MASKPOOL, R, labels);
+    classify(re, rc, EVAL_MASKPOOL, R, labels, recs);
     /* crops, batched through the same model's image embedding */
     int cs = re->crop;
     for (int r0 = 0; r0 < R; r0 += re->batch) {
@@ -180,8 +211,106 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
         memcpy(re->feat + (size_t)r0 * E, m->acts.out, (size_t)nb * E * sizeof(float));
     }
     l2norm_forward(re->feat, re->norm, re->feat, R, E);
-    classify(re, rc, EVAL_CROPS, R, labels);
+    classify(re, rc, EVAL_CROPS, R, labels, recs);
     return 0;
+}
+
+/* The two source indices and the weight of the second along one axis: PyTorch's bilinear rule
+ * (align_corners=False) for output pixel i at source position (i + 0.5) * step - 0.5. */
+static void lerp_axis(int i, double step, int n, int *a, int *b, float *w) {
+    double src = (i + 0.5) * step - 0.5;
+    if (src < 0) src = 0;
+    int i0 = (int)src;
+    if (i0 > n - 1) i0 = n - 1;
+    *a = i0;
+    *b = i0 + 1 < n ? i0 + 1 : n - 1;
+    *w = (float)(src - i0);
+    if (*b == *a) *w = 0.0f;
+}
+
+int regioneval_segment(RegionEval *re, RegionCounts *rc, const uint32_t *ids,
+                       const CocoPanopticImage *pi) {
+    const ClassEmbeddings *ce = re->classes;
+    const VitConfig *c = &re->model->cfg;
+    int K = ce->num, E = c->embed, g = re->det / c->patch, N = g * g;
+    int W = pi->width, H = pi->height;
+    /* tok_logits (N, K) = dense (N, E) . emb^T (K, E) */
+    gemm(0, 1, N, K, E, 1.0f, re->dense, E, ce->emb, E, 0.0f, re->tok_logits, K, 0);
+    double step = (double)re->det / (double)(W > H ? W : H) / (double)c->patch;
+    int *xa = malloc((size_t)W * sizeof(int)), *xb = malloc((size_t)W * sizeof(int));
+    float *xw = malloc((size_t)W * sizeof(float));
+    CS_CHECK(xa && xb && xw, "out of memory for %d columns", W);
+    for (int x = 0; x < W; x++) lerp_axis(x, step, g, &xa[x], &xb[x], &xw[x]);
+    int T = cs_num_threads();
+    long *tally = calloc((size_t)T * 3 * K, sizeof(long)); /* per thread: inter, gt, pred */
+    float *lbuf = malloc((size_t)T * K * sizeof(float));
+    if (!tally || !lbuf) {
+        free(xa), free(xb), free(xw), free(tally), free(lbuf);
+        CS_FAIL("out of memory for the segmentation tallies (%d threads x %d classes)", T, K);
+    }
+#pragma omp parallel for schedule(static) num_threads(T)
+    for (int y = 0; y < H; y++) {
+        int th = omp_get_thread_num();
+        long *inter = tally + (size_t)th * 3 * K, *gt = inter + K, *pred = gt + K;
+        float *l = lbuf + (size_t)th * K;
+        int ya, yb;
+        float wy;
+        lerp_axis(y, step, g, &ya, &yb, &wy);
+        uint32_t last_id = 0;
+        int last_truth = -1;
+        for (int x = 0; x < W; x++) {
+            uint32_t id = ids[(size_t)y * W + x];
+            if (id != last_id) { /* neighbours mostly share a segment: look up on a change */
+                last_id = id, last_truth = -1;
+                for (int s = 0; s < pi->num_segments && id; s++)
+                    if (pi->segments[s].id == id) {
+                        last_truth = pi->segments[s].iscrowd ? -1 : pi->segments[s].category;
+                        break;
+                    }
+            }
+            int truth = id ? last_truth : -1;
+            if (truth < 0) continue; /* void or crowd: not scored */
+            const float *t00 = re->tok_logits + ((size_t)ya * g + xa[x]) * K;
+            const float *t01 = re->tok_logits + ((size_t)ya * g + xb[x]) * K;
+            const float *t10 = re->tok_logits + ((size_t)yb * g + xa[x]) * K;
+            const float *t11 = re->tok_logits + ((size_t)yb * g + xb[x]) * K;
+            float wx = xw[x];
+            int best = 0;
+            for (int k = 0; k < K; k++) {
+                float top = t00[k] + wx * (t01[k] - t00[k]);
+                float bot = t10[k] + wx * (t11[k] - t10[k]);
+                l[k] = top + wy * (bot - top);
+                if (l[k] > l[best]) best = k;
+            }
+            gt[truth]++, pred[best]++;
+            inter[best] += best == truth;
+        }
+    }
+    for (int th = 0; th < T; th++)
+        for (int k = 0; k < K; k++) {
+            const long *t = tally + (size_t)th * 3 * K;
+            rc->seg_inter[k] += t[k], rc->seg_gt[k] += t[K + k], rc->seg_pred[k] += t[2 * K + k];
+        }
+    free(tally), free(lbuf);
+    free(xa), free(xb), free(xw);
+    (void)N;
+    return 0;
+}
+
+void region_miou(const RegionCounts *rc, const CocoCategories *cats, double *all, double *thing,
+                 double *stuff) {
+    double sum[3] = {0}, n[3] = {0};
+    for (int k = 0; k < rc->num_classes; k++) {
+        long uni = rc->seg_gt[k] + rc->seg_pred[k] - rc->seg_inter[k];
+        if (uni <= 0) continue;
+        double iou = (double)rc->seg_inter[k] / (double)uni;
+        int kind = cats->cats[k].isthing ? 1 : 2;
+        sum[0] += iou, n[0]++;
+        sum[kind] += iou, n[kind]++;
+    }
+    *all = n[0] ? sum[0] / n[0] : NAN;
+    *thing = n[1] ? sum[1] / n[1] : NAN;
+    *stuff = n[2] ? sum[2] / n[2] : NAN;
 }
 
 void region_macc(const RegionCounts *rc, const CocoCategories *cats,

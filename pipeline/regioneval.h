@@ -21,6 +21,19 @@
 enum { EVAL_ROIS, EVAL_CROPS, EVAL_MASKPOOL, EVAL_METHODS };
 extern const char *const eval_method_names[EVAL_METHODS];
 
+/* One evaluated region: its image, class and which methods got it right (bit m of hit1 /
+ * hit5 for method m), kept so that intervals can be drawn by resampling images. */
+typedef struct {
+    int64_t image_id;
+    int32_t category; /* contiguous class index */
+    uint8_t hit1, hit5;
+    uint8_t seq;      /* the region's place among its image's evaluated segments */
+    uint8_t pad;
+} RegionRec;
+
+/* Sort records by image id, then place: the order every rank count gives. */
+void region_recs_sort(RegionRec *recs, long n);
+
 /* Per-class tallies, summable across ranks. */
 typedef struct {
     int num_classes;
@@ -28,6 +41,12 @@ typedef struct {
     long *top1;   /* (EVAL_METHODS, K) */
     long *top5;   /* (EVAL_METHODS, K) */
     long vanished; /* segments whose mask has no token on the grid (maskpool feature all 0) */
+    /* zero-shot semantic segmentation, per class over the scored pixels (regioneval_segment) */
+    long *seg_inter; /* (K) pixels predicted c whose truth is c */
+    long *seg_gt;    /* (K) pixels whose truth is c */
+    long *seg_pred;  /* (K) pixels predicted c */
+    RegionRec *regions; /* (num_regions) every evaluated region, in evaluation order */
+    long num_regions, cap_regions;
 } RegionCounts;
 
 typedef struct {
@@ -47,6 +66,7 @@ typedef struct {
     float *mask_grid; /* (gh*gw) */
     size_t mask_cap;
     float *logits;    /* (K) one region's class scores */
+    float *tok_logits; /* (N, K) every token's class scores (segmentation) */
     double (*crop_box)[4]; /* (max_segments, 4) */
     ImageWork ws;
 } RegionEval;
@@ -70,6 +90,24 @@ void regioneval_free(RegionEval *re);
  * next call (pictures draw from them). */
 int regioneval_image(RegionEval *re, RegionCounts *counts, const Image *im, const uint32_t *ids,
                      const CocoPanopticImage *pi, int *used);
+
+/* Zero-shot semantic segmentation of the image regioneval_image just evaluated, from its dense
+ * map (re->dense): per-token class logits (cosine with the class embeddings) are upsampled
+ * bilinearly to the image's pixels and the argmax is each pixel's class (ties: the lowest
+ * index). The upsampling maps pixel (x, y) to the token-grid point
+ *     tx = (x + 0.5) * s / P - 0.5,  ty = (y + 0.5) * s / P - 0.5,   s = det / max(W, H),
+ * and interpolates the four tokens around it, clamped at the grid's edges (PyTorch's
+ * align_corners=False rule, at the scale that takes the image onto the padded input). The
+ * truth is the panoptic annotation read as semantic labels: a pixel of a segment is its
+ * category; void pixels (no segment) and crowd segments are not scored. Adds to counts'
+ * seg_* tallies. */
+int regioneval_segment(RegionEval *re, RegionCounts *counts, const uint32_t *ids,
+                       const CocoPanopticImage *pi);
+
+/* mIoU over the classes with a non-empty union (truth or prediction; mmseg's rule), all, things
+ * and stuff; NaN where no class qualifies. */
+void region_miou(const RegionCounts *rc, const CocoCategories *cats, double *all, double *thing,
+                 double *stuff);
 
 /* macc[method][thing=0/stuff=1][top1=0/top5=1], as the reference computes it (per-class
  * accuracies rounded to float16 before averaging); NaN where there are no samples. */

@@ -81,6 +81,29 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
                 else yajl_gen_double(g, macc[m][s][t]);
             }
     yajl_gen_map_close(g);
+    double miou[3];
+    region_miou(rc, cats, &miou[0], &miou[1], &miou[2]);
+    GS(g, "segmentation");
+    yajl_gen_map_open(g);
+    const char *mk[3] = {"miou", "miou_thing", "miou_stuff"};
+    for (int i = 0; i < 3; i++) {
+        GS(g, mk[i]);
+        if (isnan(miou[i])) yajl_gen_null(g);
+        else yajl_gen_double(g, miou[i]);
+    }
+    yajl_gen_map_close(g);
+    /* every region: [image_id, class, top-1 hits, top-5 hits], bit m for method m (rois,
+     * crops, maskpool): what compare_results resamples for its intervals */
+    GS(g, "regions");
+    yajl_gen_array_open(g);
+    for (long r = 0; r < rc->num_regions; r++) {
+        const RegionRec *x = &rc->regions[r];
+        yajl_gen_array_open(g);
+        yajl_gen_integer(g, x->image_id), yajl_gen_integer(g, x->category);
+        yajl_gen_integer(g, x->hit1), yajl_gen_integer(g, x->hit5);
+        yajl_gen_array_close(g);
+    }
+    yajl_gen_array_close(g);
     GS(g, "per_class");
     yajl_gen_array_open(g);
     for (int k = 0; k < rc->num_classes; k++) {
@@ -96,6 +119,9 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
             snprintf(key, sizeof key, "%s_top5", eval_method_names[m]);
             GS(g, key), yajl_gen_integer(g, rc->top5[(size_t)m * rc->num_classes + k]);
         }
+        GS(g, "seg_inter"), yajl_gen_integer(g, rc->seg_inter[k]);
+        GS(g, "seg_gt"), yajl_gen_integer(g, rc->seg_gt[k]);
+        GS(g, "seg_pred"), yajl_gen_integer(g, rc->seg_pred[k]);
         yajl_gen_map_close(g);
     }
     yajl_gen_array_close(g);
@@ -125,6 +151,16 @@ int report_markdown(char *buf, size_t len, const ReportInfo *info,
                 if (isnan(macc[m][s][t])) n += (size_t)snprintf(buf + n, len - n, " - |");
                 else n += (size_t)snprintf(buf + n, len - n, " %.2f |", 100.0 * macc[m][s][t]);
             }
+        if (n < len) n += (size_t)snprintf(buf + n, len - n, "\n");
+    }
+    if (n < len) {
+        n += (size_t)snprintf(buf + n, len - n, "\nZero-shot segmentation (per-pixel argmax of the "
+                              "dense map's class logits), mIoU %%:");
+        const char *what[3] = {"all", "things", "stuff"};
+        for (int i = 0; i < 3 && n < len; i++) {
+            if (isnan(info->miou[i])) n += (size_t)snprintf(buf + n, len - n, " %s -", what[i]);
+            else n += (size_t)snprintf(buf + n, len - n, " %s %.2f", what[i], 100.0 * info->miou[i]);
+        }
         if (n < len) n += (size_t)snprintf(buf + n, len - n, "\n");
     }
     CS_CHECK(n < len, "report buffer too small");

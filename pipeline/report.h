@@ -22,6 +22,7 @@ typedef struct {
     int images, images_skipped, segments;
     double seconds;
     const char *skipped;    /* "image_id\treason\n" lines of the images left out */
+    double miou[3];         /* region_miou(): all, things, stuff (NaN: none) */
 } ReportInfo;
 
 int report_write_json(const char *path, const ReportInfo *info, const RegionCounts *rc,

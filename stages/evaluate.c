@@ -153,6 +153,7 @@ int main(int argc, char **argv) {
             rc_img = cs_error_set(__FILE__, __LINE__, "%s is %dx%d but its image is %dx%d", ppath,
                                   w, h, im.w, im.h);
         if (!rc_img) rc_img = regioneval_image(&re, &rc, &im, ids, pi, &used);
+        if (!rc_img) rc_img = regioneval_segment(&re, &rc, ids, pi);
         if (rc_img) {
             fprintf(stderr, "evaluate: skipping image %lld: %s\n", (long long)pi->id, cs_error());
             char reason[2048], line[2100];
@@ -181,6 +182,40 @@ int main(int argc, char **argv) {
     MPI_Allreduce(MPI_IN_PLACE, rc.top1, EVAL_METHODS * ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, rc.top5, EVAL_METHODS * ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, &rc.vanished, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, rc.seg_inter, ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, rc.seg_gt, ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, rc.seg_pred, ce.num, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+    /* every region's record on rank 0, in image order (for intervals by resampling images) */
+    {
+        int bytes = (int)(rc.num_regions * (long)sizeof(RegionRec)), *cnt = NULL, *dsp = NULL;
+        if (st.rank == 0) {
+            cnt = calloc((size_t)st.size, sizeof(int)), dsp = calloc((size_t)st.size, sizeof(int));
+            if (!cnt || !dsp) {
+                cs_error_set(__FILE__, __LINE__, "out of memory");
+                stage_die(&st, NULL);
+            }
+        }
+        MPI_Gather(&bytes, 1, MPI_INT, cnt, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        RegionRec *all = NULL;
+        long total = 0;
+        if (st.rank == 0) {
+            for (int r = 0; r < st.size; r++) dsp[r] = (int)total, total += cnt[r];
+            all = malloc(total ? (size_t)total : 1);
+            if (!all) {
+                cs_error_set(__FILE__, __LINE__, "out of memory for %ld region records",
+                             total / (long)sizeof(RegionRec));
+                stage_die(&st, NULL);
+            }
+        }
+        MPI_Gatherv(rc.regions, bytes, MPI_BYTE, all, cnt, dsp, MPI_BYTE, 0, MPI_COMM_WORLD);
+        if (st.rank == 0) {
+            free(rc.regions);
+            rc.regions = all;
+            rc.num_regions = rc.cap_regions = total / (long)sizeof(RegionRec);
+            region_recs_sort(rc.regions, rc.num_regions);
+        }
+        free(cnt), free(dsp);
+    }
     char *all_skipped = gather_text(skipped ? skipped : "", MPI_COMM_WORLD);
     if (st.rank == 0) {
         double macc[EVAL_METHODS][2][2];
@@ -198,6 +233,7 @@ int main(int argc, char **argv) {
                            .segments = stats[2],
                            .seconds = now_seconds() - t0,
                            .skipped = all_skipped};
+        region_miou(&rc, &pan.categories, &info.miou[0], &info.miou[1], &info.miou[2]);
         stage_check(&st, report_write_json(out, &info, &rc, &pan.categories, macc), NULL);
         static char table[16384];
         char md[4200];

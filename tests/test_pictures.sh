@@ -4,8 +4,9 @@
 # 4 panels of the displayed size with white gaps; panel 1 is the image resized (PIL bicubic),
 # panel 2 the ground truth in the legend's colours with darker boundaries (every pixel), panels
 # 3 and 4 the class maps of the vs model and of the model, checked token by token against an
-# independent PyTorch dense map (tests/reference/vit_ref.py); the results JSON equals the one of
-# a run without --pictures. On 1 rank without --pictures-vs: 3 panels, every image (default
+# independent PyTorch dense map (tests/reference/vit_ref.py); the zero-shot segmentation's
+# tallies and mIoU against a NumPy re-implementation on that dense map; the results JSON equals
+# the one of a run without --pictures. On 1 rank without --pictures-vs: 3 panels, every image (default
 # --pictures-max 6 > 4 images), the same panels as the 2-rank run. Bad options fail.
 # Ends with "test_pictures: N passed, N failed".
 set -u
@@ -192,6 +193,62 @@ def same_panels():
         for i, j in ((0, 0), (1, 1), (3, 2)):
             assert (a[i] == b[j]).all(), "image %d: panel %d" % (im["id"], i + 1)
 check("1 rank without --pictures-vs: 3 panels, the same as the 2-rank run", same_panels)
+
+# zero-shot segmentation: the dense map's class logits (PyTorch) upsampled bilinearly to the
+# pixels (NumPy, the rule of regioneval.h), argmax, against the panoptic truth read as semantic
+# labels (void and crowd not scored); per-class tallies and mIoU as evaluate's (near ties
+# aside: the two dense maps differ by float rounding)
+def segmentation_ok():
+    res = json.load(open(T + "/plain.json"))
+    K = len(cats)
+    inter, gt, pred = np.zeros(K, np.int64), np.zeros(K, np.int64), np.zeros(K, np.int64)
+    def axis(n_out, step, n_in):
+        src = np.maximum((np.arange(n_out) + 0.5) * step - 0.5, 0.0)
+        a = np.minimum(src.astype(np.int64), n_in - 1)
+        b = np.minimum(a + 1, n_in - 1)
+        w = np.where(b == a, 0.0, src - a)
+        return a, b, w
+    for im in images:
+        W, H = im["width"], im["height"]
+        rgb = Image.open(T + "/data/images/" + im["file_name"]).convert("RGB")
+        x = TF.normalize(TF.to_tensor(resize_longest(rgb, DET)), MEAN, STD)[None]
+        with torch.no_grad():
+            dense, gh, gw = models["model"].forward_dense(x)
+        L = (dense[0] @ emb.T).double().numpy().reshape(gh, gw, K)
+        step = DET / max(W, H) / models["model"].patch
+        ya, yb, wy = axis(H, step, gh)
+        xa, xb, wx = axis(W, step, gw)
+        top = L[ya][:, xa] + wx[None, :, None] * (L[ya][:, xb] - L[ya][:, xa])
+        bot = L[yb][:, xa] + wx[None, :, None] * (L[yb][:, xb] - L[yb][:, xa])
+        cls = (top + wy[:, None, None] * (bot - top)).argmax(2)  # (H, W)
+        ids = np.asarray(Image.open(T + "/data/panoptic_val/" + anns[im["id"]]["file_name"])
+                         .convert("RGB")).astype(np.int64)
+        ids = ids[..., 0] + 256 * ids[..., 1] + 65536 * ids[..., 2]
+        truth = np.full((H, W), -1, np.int64)
+        for sg in anns[im["id"]]["segments_info"]:
+            if not sg.get("iscrowd", 0):
+                truth[ids == sg["id"]] = cat_index[sg["category_id"]]
+        v = truth >= 0
+        gt += np.bincount(truth[v], minlength=K)
+        pred += np.bincount(cls[v], minlength=K)
+        inter += np.bincount(truth[v][cls[v] == truth[v]], minlength=K)
+    pc = res["per_class"]
+    got = np.array([[c["seg_inter"], c["seg_gt"], c["seg_pred"]] for c in pc], np.int64)
+    assert (got[:, 1] == gt).all(), "truth pixels differ: %s vs %s" % (got[:, 1], gt)
+    npix = gt.sum()
+    assert npix > 1000, npix
+    dif = np.abs(got[:, 2] - pred).sum() + np.abs(got[:, 0] - inter).sum()
+    assert dif <= 0.005 * npix, "%d of %d pixels' tallies differ" % (dif, npix)
+    uni = gt + pred - inter
+    iou = np.where(uni > 0, inter / np.maximum(uni, 1), np.nan)
+    thing = np.array([c["isthing"] for c in cats], bool)
+    want = [np.nanmean(iou), np.nanmean(iou[thing]), np.nanmean(iou[~thing])]
+    seg = res["segmentation"]
+    for k, w in zip(("miou", "miou_thing", "miou_stuff"), want):
+        assert abs(seg[k] - w) < 0.01, "%s %.4f, NumPy %.4f" % (k, seg[k], w)
+    print("segmentation: %d pixels, tallies differ at %d; mIoU %.4f (NumPy %.4f)" %
+          (npix, dif, seg["miou"], want[0]))
+check("zero-shot segmentation: tallies and mIoU as a NumPy re-implementation", segmentation_ok)
 
 def results_ok():
     r = [json.load(open(T + p)) for p in ("/plain.json", "/pics.json", "/pics1.json")]
