@@ -4,6 +4,7 @@
  * reported as such (and makes the exit status 1) rather than stopping the gathering. Only
  * rank 0 works: the stage is an MPI program like the others so it can end a Slurm job. */
 #include <errno.h>
+#include <math.h>
 #include <mpi.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include "check.h"
 #include "regioneval.h"
 #include "report.h"
+#include "rng.h"
 #include "stage.h"
 
 enum { NMETRICS = EVAL_METHODS * 2 * 2 };
@@ -31,7 +33,15 @@ typedef struct {
     int has_value[NMETRICS];       /* 0: the metric is null */
     double value[NMETRICS];
     char *raw[NMETRICS];           /* the number as written in the result, copied verbatim */
+    int has_seg[3];                /* zero-shot segmentation mIoU: all, thing, stuff (0: absent, */
+    double seg[3];                 /* as in results from before it existed, or null) */
+    RegionRec *reg;                /* the result's regions (NULL in older results) */
+    long nreg;
+    int *isthing, ncls;            /* per class (per_class order): 1 for a thing */
 } Entry;
+
+static const char *const seg_keys[3] = {"miou", "miou_thing", "miou_stuff"};
+static const char *const seg_names[3] = {"all", "thing", "stuff"};
 
 typedef struct {
     Entry *e;
@@ -160,6 +170,7 @@ static void manifest_free(Manifest *mf) {
         Entry *e = &mf->e[i];
         free(e->label), free(e->model), free(e->bench), free(e->result), free(e->status);
         for (int k = 0; k < NMETRICS; k++) free(e->raw[k]);
+        free(e->reg), free(e->isthing);
     }
     free(mf->e);
     memset(mf, 0, sizeof *mf);
@@ -238,6 +249,43 @@ static const char *load_result_(Entry *e, yajl_val root, char *why, size_t whyle
         e->raw[i] = strdup(YAJL_GET_NUMBER(v));
         if (!e->raw[i]) return "out of memory";
     }
+    const char *p_seg[] = {"segmentation", NULL};
+    yajl_val sv = yajl_tree_get(root, p_seg, yajl_t_object);
+    for (int i = 0; sv && i < 3; i++) {
+        const char *p_key[] = {seg_keys[i], NULL};
+        yajl_val v = yajl_tree_get(sv, p_key, yajl_t_any);
+        if (v && YAJL_IS_DOUBLE(v)) e->has_seg[i] = 1, e->seg[i] = YAJL_GET_DOUBLE(v);
+    }
+    const char *p_reg[] = {"regions", NULL};
+    yajl_val rv = yajl_tree_get(root, p_reg, yajl_t_array);
+    if (rv && rv->u.array.len) {
+        e->reg = calloc(rv->u.array.len, sizeof *e->reg);
+        if (!e->reg) return "out of memory";
+        for (size_t i = 0; i < rv->u.array.len; i++) {
+            yajl_val r = rv->u.array.values[i];
+            int ok = YAJL_IS_ARRAY(r) && r->u.array.len == 4;
+            for (size_t j = 0; ok && j < 4; j++) ok = YAJL_IS_INTEGER(r->u.array.values[j]);
+            if (!ok) return "a \"regions\" entry is not [image_id, class, hit1, hit5]";
+            e->reg[i] = (RegionRec){.image_id = YAJL_GET_INTEGER(r->u.array.values[0]),
+                                    .category = (int32_t)YAJL_GET_INTEGER(r->u.array.values[1]),
+                                    .hit1 = (uint8_t)YAJL_GET_INTEGER(r->u.array.values[2]),
+                                    .hit5 = (uint8_t)YAJL_GET_INTEGER(r->u.array.values[3])};
+            if (e->reg[i].category < 0 || e->reg[i].category > 100000)
+                return "a \"regions\" entry has a bad class";
+        }
+        e->nreg = (long)rv->u.array.len;
+    }
+    const char *p_pc[] = {"per_class", NULL}, *p_it[] = {"isthing", NULL};
+    yajl_val pc = yajl_tree_get(root, p_pc, yajl_t_array);
+    if (pc && pc->u.array.len) {
+        e->isthing = calloc(pc->u.array.len, sizeof(int));
+        if (!e->isthing) return "out of memory";
+        for (size_t i = 0; i < pc->u.array.len; i++) {
+            yajl_val v = yajl_tree_get(pc->u.array.values[i], p_it, yajl_t_number);
+            e->isthing[i] = v && YAJL_IS_INTEGER(v) && YAJL_GET_INTEGER(v) == 1;
+        }
+        e->ncls = (int)pc->u.array.len;
+    }
     yajl_val im = yajl_tree_get(root, p_images, yajl_t_number);
     yajl_val sg = yajl_tree_get(root, p_segments, yajl_t_number);
     if (!YAJL_IS_INTEGER(im) || !YAJL_IS_INTEGER(sg)) return "no \"images\" or \"segments\" count";
@@ -275,6 +323,9 @@ static int load_result(Entry *e) {
     e->ok = !missing && !reason;
     if (!e->ok) { /* nothing half-read is reported */
         for (int k = 0; k < NMETRICS; k++) free(e->raw[k]), e->raw[k] = NULL, e->has_value[k] = 0;
+        for (int k = 0; k < 3; k++) e->has_seg[k] = 0;
+        free(e->reg), e->reg = NULL, e->nreg = 0;
+        free(e->isthing), e->isthing = NULL, e->ncls = 0;
         e->digest[0] = '\0';
         e->images = e->segments = 0;
     }
@@ -319,8 +370,9 @@ static int markdown(Buf *b, const Manifest *mf, const char **benches, int nb,
         for (int i = 0; i < NMETRICS; i++)
             bprintf(b, " %s %s top-%d |", eval_method_names[i / 4], kinds[i / 2 % 2],
                     i % 2 ? 5 : 1);
+        for (int i = 0; i < 3; i++) bprintf(b, " mIoU %s |", seg_names[i]);
         bprintf(b, " images |\n|---|");
-        for (int i = 0; i <= NMETRICS; i++) bprintf(b, "---:|");
+        for (int i = 0; i <= NMETRICS + 3; i++) bprintf(b, "---:|");
         bprintf(b, "\n");
         for (int l = 0; l < nl; l++) {
             const Entry *e = find(mf, labels[l], benches[j]);
@@ -330,10 +382,13 @@ static int markdown(Buf *b, const Manifest *mf, const char **benches, int nb,
             bprintf(b, " |");
             if (!e->ok) {
                 bprintf(b, " %s |", strncmp(e->status, "invalid", 7) ? e->status : "invalid");
-                for (int i = 1; i <= NMETRICS; i++) bprintf(b, " |");
+                for (int i = 1; i <= NMETRICS + 3; i++) bprintf(b, " |");
             } else {
                 for (int i = 0; i < NMETRICS; i++)
                     if (e->has_value[i]) bprintf(b, " %.2f |", 100.0 * e->value[i]);
+                    else bprintf(b, " - |");
+                for (int i = 0; i < 3; i++)
+                    if (e->has_seg[i]) bprintf(b, " %.2f |", 100.0 * e->seg[i]);
                     else bprintf(b, " - |");
                 bprintf(b, " %ld |", e->images);
             }
@@ -360,6 +415,88 @@ static int markdown(Buf *b, const Manifest *mf, const char **benches, int nb,
     return 0;
 }
 
+/* ---- intervals by resampling images --------------------------------------------------------- */
+#define BOOT_DRAWS 1000
+
+/* mAcc (mean over classes with samples of the hit rate, things or stuff apart) of the regions
+ * of the drawn images, per metric; cls (K) the kinds (1 thing). */
+static void boot_macc(const RegionRec *reg, const long *first, const long *count,
+                      const int *draw, int n, int K, const int *thing, long *tally,
+                      double *out) {
+    memset(tally, 0, (size_t)K * 7 * sizeof(long)); /* per class: samples, 3 x hit1, 3 x hit5 */
+    for (int d = 0; d < n; d++)
+        for (long r = first[draw[d]]; r < first[draw[d]] + count[draw[d]]; r++) {
+            long *t = tally + (size_t)reg[r].category * 7;
+            t[0]++;
+            for (int m = 0; m < EVAL_METHODS; m++)
+                t[1 + m] += reg[r].hit1 >> m & 1, t[4 + m] += reg[r].hit5 >> m & 1;
+        }
+    for (int i = 0; i < NMETRICS; i++) {
+        int m = i / 4, st = i / 2 % 2, top5 = i % 2;
+        double sum = 0;
+        int nc = 0;
+        for (int k = 0; k < K; k++) {
+            const long *t = tally + (size_t)k * 7;
+            if (!t[0] || (thing[k] ? 0 : 1) != st) continue;
+            sum += (double)t[top5 ? 4 + m : 1 + m] / (double)t[0], nc++;
+        }
+        out[i] = nc ? sum / nc : NAN;
+    }
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The 95 % interval of after - before for every metric, resampling the validation images with
+ * replacement (paired: the same draw for both; BOOT_DRAWS draws, seeded, so the table is the
+ * same every run). 0 with lo/hi filled; -1 when the two results do not hold the same images'
+ * regions (then no interval is shown). */
+static int boot_interval(const Entry *x, const Entry *y, double *lo, double *hi) {
+    const int *thing = x->isthing;
+    int K = x->ncls;
+    if (!x->reg || !y->reg || x->nreg != y->nreg || !thing || K != y->ncls) return -1;
+    for (long r = 0; r < x->nreg; r++)
+        if (x->reg[r].image_id != y->reg[r].image_id || x->reg[r].category != y->reg[r].category)
+            return -1;
+    for (long r = 0; r < x->nreg; r++)
+        if (x->reg[r].category >= K) return -1;
+    long n = 0; /* images: runs of equal image id */
+    for (long r = 0; r < x->nreg; r++) n += r == 0 || x->reg[r].image_id != x->reg[r - 1].image_id;
+    long *first = malloc((size_t)n * sizeof(long)), *count = calloc((size_t)n, sizeof(long));
+    int *draw = malloc((size_t)n * sizeof(int));
+    long *tally = malloc((size_t)K * 7 * sizeof(long));
+    double *diff = malloc((size_t)BOOT_DRAWS * NMETRICS * sizeof(double));
+    if (!first || !count || !draw || !tally || !diff) {
+        free(first), free(count), free(draw), free(tally), free(diff);
+        return -1;
+    }
+    for (long r = 0, i = -1; r < x->nreg; r++) {
+        if (r == 0 || x->reg[r].image_id != x->reg[r - 1].image_id) first[++i] = r;
+        count[i]++;
+    }
+    uint64_t s = 0x5EED0F1A7E5ULL;
+    double a[NMETRICS], b[NMETRICS];
+    for (int d = 0; d < BOOT_DRAWS; d++) {
+        for (long i = 0; i < n; i++) draw[i] = (int)rng_below(&s, (uint32_t)n);
+        boot_macc(x->reg, first, count, draw, (int)n, K, thing, tally, a);
+        boot_macc(y->reg, first, count, draw, (int)n, K, thing, tally, b);
+        for (int i = 0; i < NMETRICS; i++) diff[(size_t)i * BOOT_DRAWS + d] = b[i] - a[i];
+    }
+    for (int i = 0; i < NMETRICS; i++) {
+        double *v = diff + (size_t)i * BOOT_DRAWS;
+        int k = 0; /* a class absent from a draw gives NaN: keep the finite ones */
+        for (int d = 0; d < BOOT_DRAWS; d++)
+            if (!isnan(v[d])) v[k++] = v[d];
+        qsort(v, (size_t)k, sizeof *v, cmp_double);
+        lo[i] = k ? v[(int)(0.025 * (k - 1) + 0.5)] : NAN;
+        hi[i] = k ? v[(int)(0.975 * (k - 1) + 0.5)] : NAN;
+    }
+    free(first), free(count), free(draw), free(tally), free(diff);
+    return 0;
+}
+
 /* The before/after table of two labels on each benchmark where both are ok: one row per method
  * and kind, top-1 and top-5 of each and the change, in points. */
 static int before_after(Buf *b, const Manifest *mf, const char **benches, int nb,
@@ -367,13 +504,16 @@ static int before_after(Buf *b, const Manifest *mf, const char **benches, int nb
     for (int j = 0; j < nb; j++) {
         const Entry *x = find(mf, before, benches[j]), *y = find(mf, after, benches[j]);
         if (!x || !y || !x->ok || !y->ok) continue;
+        double lo[NMETRICS], hi[NMETRICS];
+        int ci = boot_interval(x, y, lo, hi) == 0;
         bprintf(b, "\n### Before/after on ");
         bcell(b, benches[j]);
         bprintf(b, ": ");
         bcell(b, before);
         bprintf(b, " -> ");
         bcell(b, after);
-        bprintf(b, " (mAcc %%, change in points)\n\n| method | kind | top-1 ");
+        bprintf(b, " (mAcc %%, change in points%s)\n\n| method | kind | top-1 ",
+                ci ? " [95 % interval over validation images, 1000 paired resamples]" : "");
         bcell(b, before);
         bprintf(b, " | top-1 ");
         bcell(b, after);
@@ -390,11 +530,30 @@ static int before_after(Buf *b, const Manifest *mf, const char **benches, int nb
                 else bprintf(b, " - |");
                 if (y->has_value[k]) bprintf(b, " %.2f |", 100.0 * y->value[k]);
                 else bprintf(b, " - |");
-                if (x->has_value[k] && y->has_value[k])
+                if (x->has_value[k] && y->has_value[k] && ci && !isnan(lo[k]))
+                    bprintf(b, " %+.2f [%+.1f, %+.1f] |", 100.0 * (y->value[k] - x->value[k]),
+                            100.0 * lo[k], 100.0 * hi[k]);
+                else if (x->has_value[k] && y->has_value[k])
                     bprintf(b, " %+.2f |", 100.0 * (y->value[k] - x->value[k]));
                 else bprintf(b, " - |");
             }
             bprintf(b, "\n");
+        }
+        /* the zero-shot segmentation, where both results have it */
+        if (x->has_seg[0] && y->has_seg[0]) {
+            bprintf(b, "\nZero-shot segmentation, mIoU %% (per-pixel argmax of the dense map):\n\n"
+                       "| mIoU | ");
+            bcell(b, before);
+            bprintf(b, " | ");
+            bcell(b, after);
+            bprintf(b, " | change |\n|---|---:|---:|---:|\n");
+            for (int i = 0; i < 3; i++) {
+                bprintf(b, "| %s |", seg_names[i]);
+                if (x->has_seg[i] && y->has_seg[i])
+                    bprintf(b, " %.2f | %.2f | %+.2f |\n", 100.0 * x->seg[i], 100.0 * y->seg[i],
+                            100.0 * (y->seg[i] - x->seg[i]));
+                else bprintf(b, " - | - | - |\n");
+            }
         }
     }
     CS_CHECK(!b->oom, "out of memory writing the table");
