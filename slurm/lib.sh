@@ -39,6 +39,8 @@ job_defaults() {
   # cluster-wide evaluation: benchmarks (dataset names) x models (this run's teacher, epochs
   # and student, plus EVAL_MODELS: "label=checkpoint" words)
   EVAL_BENCHMARKS="" EVAL_MODELS=""
+  # EVAL_EPOCHS=0: evaluate only each student, not its model after every epoch
+  EVAL_EPOCHS=1
   # PICTURES=N: the student's evaluation draws its first N images (image, ground truth, the
   # teacher's and the student's per-token class maps) into RUN_DIR/pictures/<benchmark>/
   PICTURES=0
@@ -316,7 +318,7 @@ write_manifest() {
         student_use "$k"
         local ep=epoch
         [ "$STUDENT_LABEL" = student ] || ep=${STUDENT_LABEL#student_}_epoch
-        for ((e = 1; e < EPOCHS; e++)); do
+        for ((e = 1; e < EPOCHS && EVAL_EPOCHS; e++)); do
           printf '%s_%d\t%s\t%s\t%s\n' "$ep" "$e" "$TRAIN_DIR/epoch_$e.h5" "$b" "$EVAL_DIR/${ep}_$e@$b.json"
         done
         printf '%s\t%s\t%s\t%s\n' "$STUDENT_LABEL" "$TRAIN_DIR/student.h5" "$b" "$EVAL_DIR/$STUDENT_LABEL@$b.json"

@@ -46,7 +46,8 @@ tables = open(f"{R}/comparison.md").read().split("### Before/after")[1:]
 assert len(tables) == 2, len(tables)
 for who, text in zip(("student_patches", "student_proposals"), tables):
     assert text.splitlines()[0].endswith(f"teacher -> {who} (mAcc %, change in points)"), text
-    rows = [l for l in text.splitlines() if l.startswith("| ") and "|---" not in l][1:]
+    table = text.split("\n\n")[1]  # the method rows; the segmentation table follows
+    rows = [l for l in table.splitlines() if l.startswith("| ") and "|---" not in l][1:]
     assert [r.split("|")[1].strip() + " " + r.split("|")[2].strip() for r in rows] == \
         ["rois thing", "rois stuff", "crops thing", "crops stuff", "maskpool thing", "maskpool stuff"], rows
     m = {n: json.load(open(f"{R}/eval/{n}@demo-ci.json"))["metrics"] for n in ("teacher", who)}
@@ -55,6 +56,11 @@ for who, text in zip(("student_patches", "student_proposals"), tables):
         k = f"{c[0]}.{c[1]}.macc1"
         if m["teacher"][k] is not None:
             assert c[2] == f"{100 * m['teacher'][k]:.2f}" and c[3] == f"{100 * m[who][k]:.2f}", r
+    seg = text.split("Zero-shot segmentation")[1]
+    s = {n: json.load(open(f"{R}/eval/{n}@demo-ci.json"))["segmentation"] for n in ("teacher", who)}
+    row = [l for l in seg.splitlines() if l.startswith("| all |")][0].split("|")
+    assert row[2].strip() == f"{100 * s['teacher']['miou']:.2f}" and \
+        row[3].strip() == f"{100 * s[who]['miou']:.2f}", row
 EOF
 for p in demo-ci_patches demo-ci_proposals; do
   check "the pictures of $p: 2 PNGs and a legend" test "$(ls "$R/pictures/$p/"*.png 2>/dev/null | wc -l)" -eq 2 -a -s "$R/pictures/$p/legend.txt"
