@@ -2,7 +2,8 @@
 # test_compare.sh: evaluate's label and model digest, and compare_results gathering results
 # into one table: two models evaluated on 2 ranks, a manifest with their results, a missing
 # one and a malformed one (exit status 1, both outputs written, every number copied), an
-# all-ok manifest (exit 0), a result of another dataset, malformed manifests and --help.
+# all-ok manifest (exit 0), a result of another dataset, before/after tables with intervals
+# (against a Python resampling with the same draws), malformed manifests and --help.
 # Ends with "test_compare: N passed, N failed".
 set -u
 BIN=${BUILD:-build}/bin
@@ -96,6 +97,8 @@ assert len(head) == 1 and head[0].split('|')[2].strip() == 'rois thing top-1' \
 for label, path in (('model_a', sys.argv[2]), ('B run', sys.argv[3])):
     s = json.load(open(path))
     want = ['-' if v is None else '%.2f' % (100 * v) for v in s['metrics'].values()]
+    want += ['-' if s['segmentation'][k] is None else '%.2f' % (100 * s['segmentation'][k])
+             for k in ('miou', 'miou_thing', 'miou_stuff')]
     row = [l for l in lines if l.startswith('| %s |' % label)]
     assert len(row) == 1, (label, row)
     cells = [c.strip() for c in row[0].split('|')[2:-1]]
@@ -143,7 +146,8 @@ for r in rows:
             assert c[off + 1] == "-" and c[off + 2] == "-", r
             continue
         assert c[off] == f"{100 * a[k]:.2f}" and c[off + 1] == f"{100 * b[k]:.2f}", r
-        assert c[off + 2] == f"{100 * (b[k] - a[k]):+.2f}", r
+        # the change, then its interval (b_null has no regions: no interval)
+        assert c[off + 2].split(" [")[0] == f"{100 * (b[k] - a[k]):+.2f}", r
 PYEOF
 
 # ---- a result of another dataset is invalid ----
@@ -153,6 +157,74 @@ rc=$?
 check "compare_results: a result of another dataset is invalid" "$PY" -c "
 import json, sys; s = json.load(open('$T/other.json'))['results'][0]['status']
 sys.exit(0 if $rc == 1 and s.startswith('invalid: ') and 'other' in s else 1)"
+
+# ---- before/after with intervals: a result against itself, and against another model ----
+printf 'a1\t%s\tt\t%s\na2\t%s\tt\t%s\nB run\t%s\tt\t%s\n' "$T/model_a.h5" "$T/a.json" \
+  "$T/model_a.h5" "$T/a.json" "$T/model_b.h5" "$T/b.json" >"$T/ba.tsv"
+run "$BIN/compare_results" --manifest "$T/ba.tsv" --out "$T/ba" --before a1 --after "a2,B run"
+check "compare_results: before/after intervals, the same as a re-implementation (draws of rng.h)" \
+  "$PY" - "$T" <<'PYEOF'
+import json, sys, math
+sys.path.insert(0, "tests/reference")
+import crops_ref  # the project's splitmix64 draw, written in Python
+T = sys.argv[1]
+md = open(T + "/ba.md").read()
+tables = md.split("### Before/after")[1:]
+assert len(tables) == 2, len(tables)
+def rows(text):
+    out = {}
+    for l in text.split("\n\n")[1].splitlines()[2:]:
+        c = [x.strip() for x in l.split("|")[1:-1]]
+        out[(c[0], c[1])] = (c[4], c[7])
+    return out
+for c1, c5 in rows(tables[0]).values():  # a result against itself: no change, no spread
+    assert c1 == "+0.00 [+0.0, +0.0]" or c1 == "-", c1
+a, b = (json.load(open(T + p)) for p in ("/a.json", "/b.json"))
+thing = [c["isthing"] for c in a["per_class"]]
+K = len(thing)
+ra, rb = a["regions"], b["regions"]
+assert len(ra) == len(rb) == a["segments"] and all(x[:2] == y[:2] for x, y in zip(ra, rb))
+first, count = [], []
+for i, r in enumerate(ra):
+    if i == 0 or r[0] != ra[i - 1][0]:
+        first.append(i); count.append(0)
+    count[-1] += 1
+n = len(first)
+def macc(reg, draw):
+    t = [[0] * 7 for _ in range(K)]
+    for d in draw:
+        for r in reg[first[d]:first[d] + count[d]]:
+            x = t[r[1]]; x[0] += 1
+            for m in range(3):
+                x[1 + m] += r[2] >> m & 1; x[4 + m] += r[3] >> m & 1
+    out = []
+    for i in range(12):
+        m, st, top5 = i // 4, i // 2 % 2, i % 2
+        v = [x[(4 if top5 else 1) + m] / x[0] for k, x in enumerate(t) if x[0] and (0 if thing[k] else 1) == st]
+        out.append(sum(v) / len(v) if v else math.nan)
+    return out
+s = [0x5EED0F1A7E5]
+diffs = [[] for _ in range(12)]
+for _ in range(1000):
+    draw = [crops_ref.below(s, n) for _ in range(n)]
+    x, y = macc(ra, draw), macc(rb, draw)
+    for i in range(12):
+        if not math.isnan(y[i] - x[i]): diffs[i].append(y[i] - x[i])
+got = rows(tables[1])
+names = ["rois", "crops", "maskpool"]
+checked = False
+for i in range(12):
+    key = (names[i // 4], ("thing", "stuff")[i // 2 % 2])
+    cell = got[key][i % 2]
+    if cell == "-" or "[" not in cell:
+        continue
+    v = sorted(diffs[i]); k = len(v)
+    lo, hi = v[int(0.025 * (k - 1) + 0.5)], v[int(0.975 * (k - 1) + 0.5)]
+    want = "[%+.1f, %+.1f]" % (100 * lo, 100 * hi)
+    assert cell.endswith(want), (key, i % 2, cell, want)
+    checked = True
+assert checked, "no interval in the a1 -> B run table"
+PYEOF
 
 # ---- malformed manifests, --help ----
 printf 'model_a\t%s\tt\t%s\n\nB run\t%s\tt\n' "$T/model_a.h5" "$T/a.json" "$T/model_b.h5" >"$T/bad.tsv"
