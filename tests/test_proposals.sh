@@ -4,8 +4,8 @@
 # equal to tests/reference/crops_ref.py's re-implementation of the reference's box arithmetic
 # (draw, area filter, 1.5x teacher crop, fallback); --verify; embed_teacher on the proposal
 # crops (1 and 2 ranks equal; crops the teacher box: the embedding of the enlarged crop);
-# train_student one step on them, on 2 ranks x 1 image equal to 1 rank x 2; grid
-# --crop-scale; and bad proposals: not JSON, no annotations, an empty list, an unknown image
+# train_student one step on them, on 2 ranks x 1 image equal to 1 rank x 2; crop_stats'
+# groups against a NumPy recount; grid --crop-scale; and bad proposals: not JSON, no annotations, an empty list, an unknown image
 # id, a negative size, a missing bbox, boxes outside the image (skipped and counted).
 # Ends with "test_proposals: N passed, N failed".
 set -u
@@ -89,6 +89,45 @@ check "train_student on proposal crops: same loss on 2 ranks x 1 and 1 rank x 2"
 import sys, math
 l = [float(open(p).read().splitlines()[1].split(',')[2]) for p in ('$T/r1x2/train_log.csv', '$T/r2x1/train_log.csv')]
 sys.exit(0 if math.isfinite(l[0]) and abs(l[0] - l[1]) < 1e-6 else 1)"
+
+# ---- crop_stats: whole objects, fragments, stuff, against a NumPy recount ----
+run "$BIN/random_classes" "${D[@]}" --embed 32 || bad random_classes
+out=$("$BIN/crop_stats" --crops "$T/pc1.h5" --cache "$T/cache1.h5" --panoptic "$T/data/panoptic_train.json" \
+  --panoptic-png "$T/data/panoptic_train" --classes "$T/data/classes.h5" --out "$T/stats.md" 2>&1)
+check "crop_stats: the groups' shares as a NumPy recount" "$PY" - "$T" <<'PYEOF'
+import json, sys, h5py, numpy as np
+from PIL import Image
+T = sys.argv[1]
+f = h5py.File(T + "/pc1.h5"); pan = json.load(open(T + "/data/panoptic_train.json"))
+cats = {c["id"]: c for c in pan["categories"]}
+anns = {a["image_id"]: a for a in pan["annotations"]}
+ids, first, count, box = f["images/id"][()], f["index/first"][()], f["index/count"][()], f["crops/box"][()]
+n = [0, 0, 0]
+for i, iid in enumerate(ids):
+    a = anns[int(iid)]
+    p = np.asarray(Image.open(T + "/data/panoptic_train/" + a["file_name"]).convert("RGB")).astype(np.int64)
+    p = p[..., 0] + 256 * p[..., 1] + 65536 * p[..., 2]
+    H, W = p.shape
+    segs = a["segments_info"]
+    total = [int((p == s["id"]).sum()) for s in segs]
+    for e in range(f.attrs["epochs"]):
+        for r in range(first[i, e], first[i, e] + count[i, e]):
+            b = box[r]
+            xs = (np.arange(W) + 0.5 >= b[0]) & (np.arange(W) + 0.5 < b[2])
+            ys = (np.arange(H) + 0.5 >= b[1]) & (np.arange(H) + 0.5 < b[3])
+            sub = p[ys][:, xs]
+            inside = [int((sub == s["id"]).sum()) for s in segs]
+            thing = [cats[s["category_id"]]["isthing"] for s in segs]
+            if not any(inside): continue
+            if any(t and 2 * k >= tot and k for t, k, tot in zip(thing, inside, total)): n[0] += 1
+            elif any(t and k for t, k in zip(thing, inside)): n[1] += 1
+            else: n[2] += 1
+rows = [l for l in open(T + "/stats.md").read().splitlines() if l.startswith("| whole") or l.startswith("| fragment") or l.startswith("| stuff")]
+got = [float(r.split("|")[2].strip().rstrip(" %")) for r in rows]
+want = [100.0 * k / sum(n) for k in n]
+assert len(got) == 3 and all(abs(g - w) < 0.06 for g, w in zip(got, want)), (got, want)
+PYEOF
+grep -q "| whole object |" <<<"$out" && ok || bad "crop_stats prints its table: $out"
 
 # ---- grid --crop-scale: the teacher crops each tile enlarged and clipped ----
 run "$BIN/sample_crops" "${D[@]}" --epochs 1 --crop-scale 2 --out "$T/gs.h5" || bad "sample_crops --crop-scale"
