@@ -5,7 +5,8 @@
 # (draw, area filter, 1.5x teacher crop, fallback); --verify; embed_teacher on the proposal
 # crops (1 and 2 ranks equal; crops the teacher box: the embedding of the enlarged crop);
 # train_student one step on them, on 2 ranks x 1 image equal to 1 rank x 2; crop_stats'
-# groups against a NumPy recount; grid --crop-scale; and bad proposals: not JSON, no annotations, an empty list, an unknown image
+# groups against a NumPy recount; tools/convert_proposals.py on detectron2 and mmdet pickles;
+# grid --crop-scale; and bad proposals: not JSON, no annotations, an empty list, an unknown image
 # id, a negative size, a missing bbox, boxes outside the image (skipped and counted).
 # Ends with "test_proposals: N passed, N failed".
 set -u
@@ -140,6 +141,41 @@ img, box, tb = f['crops/image'][()], f['crops/box'][()], f['crops/teacher_box'][
 ok = all(np.array_equal(crops_ref.grid_teacher(box[r:r + 1], 2.0, int(W[img[r]]), int(H[img[r]]))[0], tb[r]) for r in range(len(box)))
 sys.exit(0 if ok and (tb[:, 2] - tb[:, 0] > box[:, 2] - box[:, 0]).any() else 1)"
 vcode 2 "sample_crops --verify: another --crop-scale is stale" "$BIN/sample_crops" "${D[@]}" --epochs 1 --crop-scale 1.5 --out "$T/gs.h5" --verify
+
+# ---- tools/convert_proposals.py: detectron2's and mmdet's pickles into the same JSON ----
+"$PY" - "$T" <<'PYEOF' || bad "writing the detectron2 and mmdet pickles"
+import json, pickle, sys, numpy as np
+T = sys.argv[1]
+imgs = sorted(json.load(open(T + "/data/instances_train.json"))["images"], key=lambda i: i["id"])
+rng = np.random.default_rng(3)
+boxes, scores = [], []
+for im in imgs:
+    xy = rng.uniform(0, [im["width"] * 0.5, im["height"] * 0.5], size=(6, 2))
+    wh = rng.uniform(8, 40, size=(6, 2))
+    boxes.append(np.concatenate([xy, xy + wh], 1)); scores.append(rng.normal(size=6))
+pickle.dump({"ids": [i["id"] for i in imgs], "boxes": boxes, "objectness_logits": scores,
+             "bbox_mode": 0}, open(T + "/d2.pkl", "wb"))
+pickle.dump([np.concatenate([b, s[:, None]], 1) for b, s in zip(boxes, scores)], open(T + "/mm.pkl", "wb"))
+PYEOF
+for fmt in detectron2 mmdet; do
+  f=$([ $fmt = detectron2 ] && echo d2 || echo mm)
+  run "$PY" tools/convert_proposals.py --format $fmt --proposals "$T/$f.pkl" \
+    --images "$T/data/instances_train.json" --out "$T/$f.json" --top 4 || bad "convert_proposals $fmt"
+done
+check "convert_proposals: detectron2 and mmdet give the same JSON, the top 4 boxes as [x, y, w, h]" "$PY" -c "
+import json, pickle, sys, numpy as np
+a, b = (json.load(open('$T/%s.json' % f)) for f in ('d2', 'mm'))
+d = pickle.load(open('$T/d2.pkl', 'rb'))
+ok = a['annotations'] == b['annotations'] and a['images'] == b['images'] and len(a['annotations']) == 4 * len(a['images'])
+i0 = d['ids'][0]; k = np.argsort(-d['objectness_logits'][0], kind='stable')[0]
+x1, y1, x2, y2 = d['boxes'][0][k]
+first = [r for r in a['annotations'] if r['image_id'] == i0][0]['bbox']
+ok &= np.allclose(first, [x1, y1, x2 - x1, y2 - y1], atol=0.006)
+sys.exit(0 if ok else 1)"
+run "$BIN/sample_crops" "${D[@]}" --epochs 1 --proposals "$T/d2.json" --out "$T/d2c.h5"
+check "convert_proposals: sample_crops reads its output" test -s "$T/d2c.h5"
+out=$("$PY" tools/convert_proposals.py --format mmdet --proposals "$T/d2.pkl" --images "$T/data/instances_train.json" --out "$T/x.json" 2>&1)
+check "convert_proposals: a detectron2 file given as mmdet is refused" grep -q "not an mmdet proposals file" <<<"$out"
 
 # ---- bad proposals: a named error, or a recorded skip ----
 # fails NAME WANT FILE: sample_crops --proposals FILE exits non-zero, names FILE and says WANT
