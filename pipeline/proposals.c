@@ -109,11 +109,5 @@ int proposals_write_json(const CocoProposals *p, const char *path, const char *d
         }
     yajl_gen_array_close(g);
     yajl_gen_map_close(g);
-    const unsigned char *buf;
-    size_t len;
-    int rc = yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok ? 0 : -1;
-    if (!rc) rc = report_write_bytes(path, buf, len);
-    else cs_error_set(__FILE__, __LINE__, "cannot generate the JSON for %s", path);
-    yajl_gen_free(g);
-    return rc;
+    return report_commit_json(g, path);
 }

@@ -126,13 +126,18 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
     }
     yajl_gen_array_close(g);
     yajl_gen_map_close(g);
+    return report_commit_json(g, path);
+}
+
+int report_commit_json(void *gen, const char *path) {
+    yajl_gen g = gen;
     const unsigned char *buf;
     size_t len;
-    int rc2 = yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok ? 0 : -1;
-    if (!rc2) rc2 = report_write_bytes(path, buf, len);
+    int rc = yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok ? 0 : -1;
+    if (!rc) rc = report_write_bytes(path, buf, len);
     else cs_error_set(__FILE__, __LINE__, "cannot generate the JSON for %s", path);
     yajl_gen_free(g);
-    return rc2;
+    return rc;
 }
 
 int report_markdown(char *buf, size_t len, const ReportInfo *info,

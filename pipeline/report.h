@@ -34,6 +34,8 @@ int report_write_text(const char *path, const char *text);
 /* n bytes to path through a temporary file, synced and renamed: a killed writer leaves the old
  * file or the complete new one. */
 int report_write_bytes(const char *path, const void *data, size_t n);
+/* The JSON generated so far in g (a yajl_gen) to path, atomically; frees g. */
+int report_commit_json(void *g, const char *path);
 /* 0 if path is a complete results JSON made with want's model (digest), label, dataset,
  * classes (digest) and settings; -1 with the reason otherwise (images, segments, seconds and
  * the metrics of want are not compared; the metrics must all be there). */
