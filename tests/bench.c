@@ -141,9 +141,11 @@ static double time_shape(const GemmShape *s, int nthreads, int reps) {
 static int bench_sgemm(void) {
     int nt = cs_num_threads();
     printf("== sgemm: gemm() (ops.h) on BLIS, best of 5, %d threads ==\n", nt);
-    printf("BLIS %s, kernel config %s; %d processors, %d threads used\n",
-           bli_info_get_version_str(), bli_arch_string(bli_arch_query_id()), omp_get_num_procs(),
-           nt);
+    /* cs_blas_kernels() first: it chooses the kernel set before BLIS initialises (a BLIS call
+     * before it would start BLIS on its own pick, or abort under BLIS_ARCH_TYPE) */
+    const char *kernels = cs_blas_kernels();
+    printf("BLIS %s, kernel config %s (%s); %d processors, %d threads used\n",
+           bli_info_get_version_str(), kernels, cs_blas_kernels_why(), omp_get_num_procs(), nt);
     printf("  %-40s %6s %6s %6s  %8s\n", "product", "m", "n", "k", "GFLOP/s");
     double rate = 0.0;
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
