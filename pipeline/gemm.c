@@ -66,7 +66,7 @@ static const arch_t blas_configured[] = {
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static int blas_status;
-static char blas_error[256];
+static char blas_error[512];
 static char blas_why[160] = "BLIS's own choice";
 
 static int has_avx512(void) {
@@ -111,7 +111,7 @@ static void blas_setup(void) {
         }
         if (id < 0) {
             snprintf(blas_error, sizeof blas_error, "CLIPSELF_KERNELS=%s: this BLIS has no "
-                     "kernel set of that name (it has: %s)", want, names);
+                     "kernel set of that name (it has: %.255s)", want, names);
             blas_status = -1;
             return;
         }
