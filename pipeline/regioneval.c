@@ -243,16 +243,14 @@ int regioneval_segment(RegionEval *re, RegionCounts *rc, const uint32_t *ids,
     for (int x = 0; x < W; x++) lerp_axis(x, step, g, &xa[x], &xb[x], &xw[x]);
     int T = cs_num_threads();
     long *tally = calloc((size_t)T * 3 * K, sizeof(long)); /* per thread: inter, gt, pred */
-    float *lbuf = malloc((size_t)T * K * sizeof(float));
-    if (!tally || !lbuf) {
-        free(xa), free(xb), free(xw), free(tally), free(lbuf);
+    if (!tally) {
+        free(xa), free(xb), free(xw);
         CS_FAIL("out of memory for the segmentation tallies (%d threads x %d classes)", T, K);
     }
 #pragma omp parallel for schedule(static) num_threads(T)
     for (int y = 0; y < H; y++) {
         int th = omp_get_thread_num();
         long *inter = tally + (size_t)th * 3 * K, *gt = inter + K, *pred = gt + K;
-        float *l = lbuf + (size_t)th * K;
         int ya, yb;
         float wy;
         lerp_axis(y, step, g, &ya, &yb, &wy);
@@ -276,11 +274,12 @@ int regioneval_segment(RegionEval *re, RegionCounts *rc, const uint32_t *ids,
             const float *t11 = re->tok_logits + ((size_t)yb * g + xb[x]) * K;
             float wx = xw[x];
             int best = 0;
+            float best_v = 0.0f;
             for (int k = 0; k < K; k++) {
                 float top = t00[k] + wx * (t01[k] - t00[k]);
                 float bot = t10[k] + wx * (t11[k] - t10[k]);
-                l[k] = top + wy * (bot - top);
-                if (l[k] > l[best]) best = k;
+                float v = top + wy * (bot - top);
+                if (k == 0 || v > best_v) best = k, best_v = v; /* ties: the lowest index */
             }
             gt[truth]++, pred[best]++;
             inter[best] += best == truth;
@@ -291,9 +290,8 @@ int regioneval_segment(RegionEval *re, RegionCounts *rc, const uint32_t *ids,
             const long *t = tally + (size_t)th * 3 * K;
             rc->seg_inter[k] += t[k], rc->seg_gt[k] += t[K + k], rc->seg_pred[k] += t[2 * K + k];
         }
-    free(tally), free(lbuf);
+    free(tally);
     free(xa), free(xb), free(xw);
-    (void)N;
     return 0;
 }
 
