@@ -17,7 +17,7 @@ for eva-b16. IMPL is "torch", or "torch_tuned" with --tuned.
 
 --tuned: PyTorch at its best on this machine, everything outside the model code that makes it
 faster, each measured by scripts/bench against the plain run:
-  - glibc malloc kept from returning memory to the system and from mmap'ing big blocks
+  - (where the step fits with it: tuned_malloc_fits) glibc malloc kept from returning memory to the system and from mmap'ing big blocks
     (GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736): PyTorch
     frees and reallocates its activations every step, and each mmap'ed block costs page faults;
   - the BLAS kernel set: Debian's torch calls the system libblas.so.3 (BLAS_INFO=generic; oneDNN
@@ -50,9 +50,28 @@ def blis_arch_for_cpu():
     return None
 
 
+def tuned_malloc_fits():
+    """The malloc tunables keep every freed block in the heap: a training step whose PyTorch
+    peak (need_gib's fit, ~16 GiB at 1024) exceeds half of the available memory would grow
+    past it (measured: EVA02 at 1024 reached 24 GB and was OOM-killed on 23.5 GiB), so there
+    they stay off."""
+    args = [a for a in sys.argv[1:] if a != "--tuned"]
+    if "train" not in args or not args[-1].isdigit():
+        return True
+    i = args.index("train")
+    S = int(args[i + 1]) if i + 1 < len(args) and args[i + 1].isdigit() else 448
+    T = (S // 16) ** 2 + 1  # both models: patch 16, 12 layers, 12 heads (need_gib below)
+    need = 1.47 * 12 * 12 * T * T * 4 / 2**30 + 2.55
+    with open("/proc/meminfo") as f:
+        avail = next(int(l.split()[1]) for l in f if l.startswith("MemAvailable:")) / 2**20
+    return need < 0.5 * avail
+
+
 if TUNED and os.environ.get("CLIPSELF_TORCH_TUNED") != "1":
-    env = dict(os.environ, CLIPSELF_TORCH_TUNED="1",
-               GLIBC_TUNABLES="glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736")
+    env = dict(os.environ, CLIPSELF_TORCH_TUNED="1")
+    if tuned_malloc_fits():
+        env["GLIBC_TUNABLES"] = ("glibc.malloc.mmap_max=0:"
+                                 "glibc.malloc.trim_threshold=68719476736")
     arch = blis_arch_for_cpu()
     if arch is not None and "BLIS_ARCH_TYPE" not in env:
         env["BLIS_ARCH_TYPE"] = arch
@@ -103,7 +122,8 @@ def tuning():
     if not TUNED:
         return "plain (no tuning)"
     return "tuned: BLIS_ARCH_TYPE=%s, GLIBC_TUNABLES=%s" % (
-        os.environ.get("BLIS_ARCH_TYPE", "unset"), os.environ.get("GLIBC_TUNABLES", ""))
+        os.environ.get("BLIS_ARCH_TYPE", "unset"),
+        os.environ.get("GLIBC_TUNABLES", "unset: the step would not fit with it"))
 
 
 def threads():
