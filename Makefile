@@ -4,7 +4,7 @@
 #   make check      install missing dependencies, then run every test (plain and sanitized),
 #                   and the numerical ones again under two more BLIS kernel sets (test-kernels)
 #   make demo       install missing dependencies, then run the main job
-#   make bench      performance report (ratios against BLIS sgemm and PyTorch)
+#   make bench      performance report (against the measured FMA peak, sgemm and PyTorch)
 #   make deps       install missing Debian packages (scripts/install-deps)
 #
 # Switches: ARCH=x86-64-v3 (the default -march: AVX2 + FMA, runs on any x86-64-v3 node; the hot
