@@ -4,11 +4,13 @@
 #   make check      install missing dependencies, then run every test (plain and sanitized),
 #                   and the numerical ones again under two more BLIS kernel sets (test-kernels)
 #   make demo       install missing dependencies, then run the main job
-#   make bench      performance report (ratios against BLIS sgemm and PyTorch)
+#   make bench      performance report (against the measured FMA peak, sgemm and PyTorch)
 #   make deps       install missing Debian packages (scripts/install-deps)
 #
-# Switches: SAN=1 builds with AddressSanitizer + UBSan into build-san/; WERROR=1 adds -Werror;
-# V=1 shows the compiler commands; NO_TORCH=1 leaves PyTorch out of make bench, and
+# Switches: ARCH=x86-64-v3 (the default -march: AVX2 + FMA, runs on any x86-64-v3 node; the hot
+# loops that gain from it switch to AVX-512 at run time where the CPU has it), ARCH=native or any
+# other -march value (a change of ARCH or of the other flags rebuilds everything);
+# SAN=1 builds with AddressSanitizer + UBSan into build-san/; WERROR=1 adds -Werror; V=1 shows the compiler commands; NO_TORCH=1 leaves PyTorch out of make bench, and
 # BENCH_MODELS="b16" or "eva-b16" runs one model's cases of it (default both).
 
 SAN ?= 0
@@ -18,8 +20,10 @@ BUILD := $(if $(filter 1,$(SAN)),build-san,build)
 PYTHON ?= /usr/bin/python3
 MPIRUN ?= mpirun
 
+ARCH ?= x86-64-v3
+
 CC := mpicc
-CFLAGS := -std=c11 -D_GNU_SOURCE -O3 -march=native -fopenmp -g -Wall -Wextra -MMD -MP
+CFLAGS := -std=c11 -D_GNU_SOURCE -O3 -march=$(ARCH) -fopenmp -g -Wall -Wextra -MMD -MP
 LDLIBS := -lm
 ifeq ($(WERROR),1)
 CFLAGS += -Werror
@@ -76,7 +80,15 @@ BENCH := $(BUILD)/tests/bench
 
 all: $(LIB) $(STAGES) $(TESTS) $(BENCH)
 
-$(BUILD)/obj/%.o: pipeline/%.c
+# The compiler flags in force, rewritten only when they change: every object depends on it, so
+# `make ARCH=native` after a default build (or back) recompiles instead of mixing the two
+# (-Werror is left out: it changes no object).
+FLAGS_STAMP := $(BUILD)/.cflags
+STAMPED := $(CC) $(filter-out -Werror,$(CFLAGS)) $(LDFLAGS)
+$(shell mkdir -p $(BUILD); echo '$(STAMPED)' | cmp -s - $(FLAGS_STAMP) || \
+  echo '$(STAMPED)' >$(FLAGS_STAMP))
+
+$(BUILD)/obj/%.o: pipeline/%.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CFLAGS) -c $< -o $@
@@ -86,12 +98,12 @@ $(LIB): $(LIB_OBJ)
 	@$(if $(Q),echo "  AR      $@")
 	$(Q)ar rcs $@ $^
 
-$(BUILD)/bin/%: stages/%.c $(LIB)
+$(BUILD)/bin/%: stages/%.c $(LIB) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(CFLAGS) $< -o $@ $(LIB) $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB)
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(LIB) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  LINK    $@")
 	$(Q)$(CC) $(CFLAGS) -Itests $< -o $@ $(LIB) $(LDFLAGS) $(LDLIBS)

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "simd.h"
 
 #define QG_ALPHA 1.702
 #define INV_SQRT2 0.70710678118654752
@@ -72,6 +73,7 @@ static inline double normal_cdf(double x) {
     return x < 0 ? half_erfc : 1.0 - half_erfc;
 }
 
+CS_SIMD_DISPATCH
 void act_forward(float *out, const float *inp, size_t n, int kind) {
     if (kind == ACT_QUICKGELU) {
 #pragma omp parallel for simd schedule(static)
@@ -89,6 +91,7 @@ void act_forward(float *out, const float *inp, size_t n, int kind) {
     }
 }
 
+CS_SIMD_DISPATCH
 void act_backward(float *dinp, const float *dout, const float *inp, size_t n, int kind) {
     if (kind == ACT_QUICKGELU) {
         /* d/dx x*s(ax) = s + a*x*s*(1-s) */
@@ -110,6 +113,7 @@ void act_backward(float *dinp, const float *dout, const float *inp, size_t n, in
 }
 
 /* silu(x) = x * sigmoid(x) and its derivative s * (1 + x * (1 - s)), s = sigmoid(x). */
+CS_SIMD_DISPATCH
 void swiglu_forward(float *out, const float *inp, int N, int F) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -124,6 +128,7 @@ void swiglu_forward(float *out, const float *inp, int N, int F) {
     }
 }
 
+CS_SIMD_DISPATCH
 void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, int F) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {

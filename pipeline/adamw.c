@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "check.h"
+#include "simd.h"
 
 AdamWConfig adamw_clipself_defaults(void) {
     return (AdamWConfig){.lr = 1e-5f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
@@ -33,6 +34,7 @@ double lr_at_step(double base_lr, long warmup, long total_steps, long step) {
     return 0.5 * (1.0 + cos(M_PI * (double)e / (double)es)) * base_lr;
 }
 
+CS_SIMD_DISPATCH
 void adamw_update(float *p, const float *g, float *mom1, float *mom2, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, long t) {
     /* PyTorch computes these scalars in double and rounds them when they meet a float tensor. */

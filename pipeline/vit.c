@@ -21,6 +21,7 @@
 #include "arena.h"
 #include "check.h"
 #include "ops.h"
+#include "timing.h"
 #include "vit.h"
 
 /* Pointer to block l of a per-layer activation or parameter of row size n. */
@@ -193,6 +194,13 @@ static void embed_backward(Vit *m, float *dimg) {
         patch_embed_backward(dconv, dimg, a->ln, a->cols, w->conv1_w, B, m->H, m->W, c->patch,
                              C);
 }
+
+/* The blocks' products run under make bench's phase timers (timing.h): in the two branches
+ * below, each call of these four adds its wall time to its phase. */
+#define linear_forward(...) CS_TIMED(CS_PHASE_LINEAR, linear_forward(__VA_ARGS__))
+#define linear_backward(...) CS_TIMED(CS_PHASE_LINEAR, linear_backward(__VA_ARGS__))
+#define attention_forward(...) CS_TIMED(CS_PHASE_ATTN_FWD, attention_forward(__VA_ARGS__))
+#define attention_backward(...) CS_TIMED(CS_PHASE_ATTN_BWD, attention_backward(__VA_ARGS__))
 
 /* ---- attention branch: xmid = x + attention branch (x) ------------------------------------ */
 
@@ -378,6 +386,11 @@ static void mlp_backward(Vit *m, int l) {
                        AT(w->ln2_w, l, C), AT(a->ln2_mean, s, BT), AT(a->ln2_rstd, s, BT), BT, C);
 }
 
+#undef linear_forward
+#undef linear_backward
+#undef attention_forward
+#undef attention_backward
+
 /* ---- head --------------------------------------------------------------------------------- */
 
 /* ln_post (EVA02: norm) on the class token (image) or every patch token (dense), then @ proj
@@ -457,13 +470,20 @@ int vit_backward(Vit *m, const float *dout, float *dimg) {
     return 0;
 }
 
+void vit_forward_flops_parts(const Vit *m, double *linear, double *attention) {
+    const VitConfig *c = &m->cfg;
+    double B = m->B, T = m->T, C = c->width, F = c->mlp, L = c->layers;
+    double mlp = c->arch == VIT_ARCH_EVA02 ? 3 * C * F : 2 * C * F; /* SwiGLU: w1, w2, w3 */
+    /* the dense path's last block: value and output projections, no attention products */
+    int dense = m->mode == VIT_DENSE;
+    *linear = L * 2 * B * T * (4 * C * C + mlp) - (dense ? 2 * B * T * 2 * C * C : 0);
+    *attention = (L - dense) * 4 * B * T * T * C;
+}
+
 double vit_forward_flops(const Vit *m) {
     const VitConfig *c = &m->cfg;
-    double B = m->B, T = m->T, N = T - 1, C = c->width, F = c->mlp, E = c->embed;
-    double P = c->patch, L = c->layers;
-    double Tp = m->mode == VIT_DENSE ? N : 1;
-    double mlp = c->arch == VIT_ARCH_EVA02 ? 3 * C * F : 2 * C * F; /* SwiGLU: w1, w2, w3 */
-    double block = 2 * B * T * (3 * C * C + C * C + mlp) + 4 * B * T * T * C;
-    double last = m->mode == VIT_DENSE ? 2 * B * T * (2 * C * C + mlp) : block;
-    return 2 * B * N * 3 * P * P * C + (L - 1) * block + last + 2 * B * Tp * C * E;
+    double B = m->B, N = m->T - 1, C = c->width, E = c->embed, P = c->patch;
+    double Tp = m->mode == VIT_DENSE ? N : 1, linear, attention;
+    vit_forward_flops_parts(m, &linear, &attention);
+    return 2 * B * N * 3 * P * P * C + linear + attention + 2 * B * Tp * C * E;
 }

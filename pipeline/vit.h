@@ -186,5 +186,8 @@ int vit_backward(Vit *m, const float *dout, float *dimg);
 
 /* Floating-point operations of one forward (multiply-add = 2) for the prepared shape. */
 double vit_forward_flops(const Vit *m);
+/* Its parts in the blocks: the linear layers (qkv, out-proj, fc1, fc2) and the attention
+ * products (Q.K^T and P.V); the rest is the patch embedding and the head. */
+void vit_forward_flops_parts(const Vit *m, double *linear, double *attention);
 
 #endif

@@ -1,6 +1,6 @@
 """bench_torch.py: the PyTorch side of `make bench`: the same cases as tests/bench.c.
 
-Usage: python3 tests/reference/bench_torch.py sgemm | [MODEL] teacher | [MODEL] train SIZE [STEPS]
+Usage: python3 tests/reference/bench_torch.py [--tuned] sgemm | [MODEL] teacher | [MODEL] train SIZE [STEPS]
 
 MODEL b16 (the default) is tests/reference/vit_ref.py's ViT-B/16 (torch modules:
 nn.MultiheadAttention blocks, the "v2" dense path); eva-b16 is tests/reference/eva_ref.py's
@@ -10,9 +10,24 @@ torchvision roi_align in the loss, float32, with torch.set_num_threads set to OM
 (else the processor count), the thread count the C benchmark uses. Run one case per process:
 the peak RSS reported (resource.getrusage) is the whole process's. Each case ends with the
 machine line scripts/bench reads:
-    result CASE torch SECONDS GFLOPS RSS_MIB     ("-" where a field does not apply,
+    result CASE IMPL SECONDS GFLOPS RSS_MIB      ("-" where a field does not apply,
                                                   SECONDS "skipped" when it would not fit)
-CASE as in tests/bench.c: sgemm, teacher or trainSIZE, prefixed with "eva_" for eva-b16.
+CASE as in tests/bench.c: sgemm_SHAPE, teacher or trainSIZE, the last two prefixed with "eva_"
+for eva-b16. IMPL is "torch", or "torch_tuned" with --tuned.
+
+--tuned: PyTorch at its best on this machine, everything outside the model code that makes it
+faster, each measured by scripts/bench against the plain run:
+  - (where the step fits with it: tuned_malloc_fits) glibc malloc kept from returning memory to the system and from mmap'ing big blocks
+    (GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736): PyTorch
+    frees and reallocates its activations every step, and each mmap'ed block costs page faults;
+  - the BLAS kernel set: Debian's torch calls the system libblas.so.3 (BLAS_INFO=generic; oneDNN
+    only for convolutions), which on this project's machines is BLIS, and BLIS 0.9.0 runs its
+    generic kernels on CPUs newer than itself (AMD family 26); BLIS_ARCH_TYPE picks the kernel
+    set gemm.c would (skx with AVX-512, haswell with AVX2 + FMA), unless the user set it;
+  - torch.set_num_threads (as always) and the teacher under torch.inference_mode instead of
+    no_grad. (torch.jit.freeze + optimize_for_inference on the teacher measured no better.)
+The two variables must be in force before the process starts, so --tuned re-executes itself
+with them.
 """
 import os
 import resource
@@ -20,7 +35,49 @@ import statistics
 import sys
 import time
 
-import torch
+TUNED = "--tuned" in sys.argv[1:]
+
+
+def blis_arch_for_cpu():
+    """BLIS's arch_t id of the kernel set pipeline/gemm.c picks: skx (0) with AVX-512, haswell
+    (3) with AVX2 and FMA, None otherwise (BLIS's own choice stays)."""
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":")[1].split() for line in f if line.startswith("flags")), [])
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= set(flags):
+        return "0"
+    if {"avx2", "fma"} <= set(flags):
+        return "3"
+    return None
+
+
+def tuned_malloc_fits():
+    """The malloc tunables keep every freed block in the heap: a training step whose PyTorch
+    peak (need_gib's fit, ~16 GiB at 1024) exceeds half of the available memory would grow
+    past it (measured: EVA02 at 1024 reached 24 GB and was OOM-killed on 23.5 GiB), so there
+    they stay off."""
+    args = [a for a in sys.argv[1:] if a != "--tuned"]
+    if "train" not in args or not args[-1].isdigit():
+        return True
+    i = args.index("train")
+    S = int(args[i + 1]) if i + 1 < len(args) and args[i + 1].isdigit() else 448
+    T = (S // 16) ** 2 + 1  # both models: patch 16, 12 layers, 12 heads (need_gib below)
+    need = 1.47 * 12 * 12 * T * T * 4 / 2**30 + 2.55
+    with open("/proc/meminfo") as f:
+        avail = next(int(l.split()[1]) for l in f if l.startswith("MemAvailable:")) / 2**20
+    return need < 0.5 * avail
+
+
+if TUNED and os.environ.get("CLIPSELF_TORCH_TUNED") != "1":
+    env = dict(os.environ, CLIPSELF_TORCH_TUNED="1")
+    if tuned_malloc_fits():
+        env["GLIBC_TUNABLES"] = ("glibc.malloc.mmap_max=0:"
+                                 "glibc.malloc.trim_threshold=68719476736")
+    arch = blis_arch_for_cpu()
+    if arch is not None and "BLIS_ARCH_TYPE" not in env:
+        env["BLIS_ARCH_TYPE"] = arch
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+import torch  # noqa: E402  (after the re-execution above)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eva_ref  # noqa: E402  (the reference models live once, next to this file)
@@ -57,6 +114,18 @@ MODELS = {
 }
 
 
+IMPL = "torch_tuned" if TUNED else "torch"
+
+
+def tuning():
+    """What --tuned set, for the report."""
+    if not TUNED:
+        return "plain (no tuning)"
+    return "tuned: BLIS_ARCH_TYPE=%s, GLIBC_TUNABLES=%s" % (
+        os.environ.get("BLIS_ARCH_TYPE", "unset"),
+        os.environ.get("GLIBC_TUNABLES", "unset: the step would not fit with it"))
+
+
 def threads():
     n = os.environ.get("OMP_NUM_THREADS", "")
     return int(n) if n.isdigit() and int(n) > 0 else os.cpu_count()
@@ -82,51 +151,43 @@ def mem_available_gib():
 
 
 def bench_sgemm():
-    """torch.mm on the products of tests/bench.c; the attention ones as a bmm with one head
-    per thread."""
+    """torch.mm on the shapes of tests/bench.c (M, N, K; the attention ones as strided views
+    of a fused qkv tensor, as the model reads them), best of 5."""
     n = threads()
-    shapes = [
-        ("qkv      fwd, 8x197 tokens   Y = X.W^T", 0, 1, 8 * 197, 2304, 768, 1),
-        ("c_fc     fwd, 8x197 tokens   Y = X.W^T", 0, 1, 8 * 197, 3072, 768, 1),
-        ("c_proj   fwd, 8x197 tokens   Y = X.W^T", 0, 1, 8 * 197, 768, 3072, 1),
-        ("out_proj fwd, 4097 tokens    Y = X.W^T", 0, 1, 4097, 768, 768, 1),
-        ("c_fc     bwd, 4097 tokens   dX = dY.W", 0, 0, 4097, 768, 3072, 1),
-        ("c_fc     bwd, 4097 tokens  dW += dY^T.X", 1, 0, 3072, 768, 4097, 1),
-        ("attn Q.K^T, 256 queries, bmm of heads", 0, 1, 256, 4097, 64, n),
-        ("attn P.V,   256 queries, bmm of heads", 0, 0, 256, 64, 4097, n),
+    shapes = [  # name, what, ta, tb, m, n, k, (lda, ldb): as tests/bench.c
+        ("sgemm_2048", "square 2048^3", 0, 0, 2048, 2048, 2048, 2048, 2048),
+        ("sgemm_fc1", "c_fc fwd, 8x197 tokens  X.W^T", 0, 1, 1576, 3072, 768, 768, 768),
+        ("sgemm_qkv", "qkv fwd, 4097 tokens    X.W^T", 0, 1, 4097, 2304, 768, 768, 768),
+        ("sgemm_qk", "attn Q.K^T, one head, 4097", 0, 1, 4097, 4097, 64, 2304, 2304),
+        ("sgemm_pv", "attn P.V,   one head, 4097", 0, 0, 4097, 64, 4097, 4097, 2304),
     ]
-    print("== sgemm: torch.mm / torch.bmm, best of 5, %d threads ==" % n)
+    print("== sgemm: torch.mm, best of 5, %d threads (%s) ==" % (n, tuning()))
     print("torch %s, BLAS %s" % (torch.__version__, blas_library()))
-    print("  %-40s %6s %6s %6s  %8s" % ("product", "m", "n", "k", "GFLOP/s"))
-    rate = 0.0
-    for what, ta, tb, m, nn, k, batch in shapes:
-        a = torch.randn(batch, k, m).transpose(1, 2) if ta else torch.randn(batch, m, k)
-        b = torch.randn(batch, nn, k).transpose(1, 2) if tb else torch.randn(batch, k, nn)
-        if batch == 1:
-            a, b = a[0], b[0]
-        mul = torch.bmm if batch > 1 else torch.mm
+    print("  %-30s %5s %5s %5s  %8s" % ("product", "m", "n", "k", "GFLOP/s"))
+    for name, what, ta, tb, m, nn, k, lda, ldb in shapes:
+        a = torch.randn(m, lda)[:, :k]
+        b = torch.randn(nn, ldb)[:, :k].t() if tb else torch.randn(k, ldb)[:, :nn]
         best = float("inf")
         for r in range(6):  # r == 0 warms up
             t0 = time.perf_counter()
-            mul(a, b)
+            torch.mm(a, b)
             dt = time.perf_counter() - t0
             if r:
                 best = min(best, dt)
-        g = 2.0 * m * nn * k * batch / best * 1e-9
-        rate = max(rate, g)
-        print("  %-40s %6d %6d %6d  %8.1f" % (what, m, nn, k, g))
-    print("torch matmul rate (max of the above): %.1f GFLOP/s" % rate)
-    print("result sgemm torch - %.2f %.0f" % (rate, peak_rss_mib()))
+        g = 2.0 * m * nn * k / best * 1e-9
+        print("  %-30s %5d %5d %5d  %8.1f" % (what, m, nn, k, g))
+        print("result %s %s %.5f %.2f -" % (name, IMPL, best, g))
+    print("peak RSS: %.0f MiB" % peak_rss_mib())
 
 
 def bench_teacher(m):
     B, S, reps = 8, 224, 3
     model = m.build().eval()
     img = torch.randn(B, 3, S, S)
-    print("== %steacher: %s image embedding, %dx%d, batch %d, inference, %d threads ==" % (
-        m.prefix, m.label, S, S, B, threads()))
+    print("== %steacher: %s image embedding, %dx%d, batch %d, inference, %d threads (%s) ==" % (
+        m.prefix, m.label, S, S, B, threads(), tuning()))
     times = []
-    with torch.no_grad():
+    with torch.inference_mode() if TUNED else torch.no_grad():
         model.forward_image(img)  # warm-up
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -136,7 +197,7 @@ def bench_teacher(m):
     print("forward: %.3f s per batch (median of %d after a warm-up), %.2f images/s" % (
         sec, reps, B / sec))
     print("peak RSS: %.0f MiB" % peak_rss_mib())
-    print("result %steacher torch %.4f - %.0f" % (m.prefix, sec, peak_rss_mib()))
+    print("result %steacher %s %.4f - %.0f" % (m.prefix, IMPL, sec, peak_rss_mib()))
 
 
 def need_gib(cfg, S):
@@ -160,12 +221,12 @@ def random_boxes(R, gh, gw, g):
 
 
 def bench_train(m, S, steps):
-    print("== %strain%d: CLIPSelf step of %s, %dx%d, batch 1, %d boxes, %d threads ==" % (
-        m.prefix, S, m.label, S, S, BOXES, threads()))
+    print("== %strain%d: CLIPSelf step of %s, %dx%d, batch 1, %d boxes, %d threads (%s) ==" % (
+        m.prefix, S, m.label, S, S, BOXES, threads(), tuning()))
     need, avail = need_gib(m.cfg, S), mem_available_gib()
     if need > 0.95 * avail:
         print("skipped: PyTorch needs ~%.1f GiB here, %.1f GiB is available" % (need, avail))
-        print("result %strain%d torch skipped - -" % (m.prefix, S))
+        print("result %strain%d %s skipped - -" % (m.prefix, S, IMPL))
         return
     g = torch.Generator().manual_seed(1)
     model = m.build().train()
@@ -202,12 +263,12 @@ def bench_train(m, S, steps):
               statistics.median(phases["backward"]), statistics.median(phases["adamw"]),
               losses[0], losses[-1]))
     print("peak RSS: %.0f MiB" % peak_rss_mib())
-    print("result %strain%d torch %.4f - %.0f" % (m.prefix, S, sec, peak_rss_mib()))
+    print("result %strain%d %s %.4f - %.0f" % (m.prefix, S, IMPL, sec, peak_rss_mib()))
 
 
 def main():
     usage = __doc__.split("\n")[2]
-    args = sys.argv[1:]
+    args = [a for a in sys.argv[1:] if a != "--tuned"]
     m = MODELS[args.pop(0)] if args and args[0] in MODELS else None
     torch.set_num_threads(threads())
     torch.manual_seed(0)
