@@ -6,8 +6,9 @@
  * the per-row log-sum-exp (B, H, T); the backward recomputes the probabilities from q, k and
  * that log-sum-exp. Neither ever holds a T x T or an ATTN_BQ x T matrix: the work is cut into
  * ATTN_BQ query rows x ATTN_BK keys, and a thread's working set is one such score block plus
- * its Q, K, V panels and accumulators, ~200 KB at D = 64 (attention_scratch_floats), inside a
- * 1 MB L2 whatever T is (the former 256 x T score blocks were 4.2 MB per thread at T = 4097).
+ * its Q, K, V panels and accumulators, 130 KB (forward) to 270 KB (backward) at D = 64, inside
+ * a 1 MB L2 whatever T is (the former 256 x T score blocks were 4.2 MB per thread at T = 4097,
+ * 8.4 MB in the backward). attention_scratch_floats sizes for D <= 128: ~0.4 MB per thread.
  *
  * Forward (tasks over image x head x query block, dynamic schedule): for each key block,
  * S = Q K^T / sqrt(D) (ATTN_BQ x ATTN_BK), an online softmax (a running row max m and sum l;
@@ -22,9 +23,10 @@
  * dP = dO V^T, dS = P (dP - D_i) / sqrt(D), and adds dS K to its dQ rows. B x H tasks (12 per
  * image for the B/16 models) keep 2..12 threads busy.
  *
- * Products: every block product has K = D = 64 or K = ATTN_BK, too small for BLIS's packing
- * and call overhead (measured: the BLIS-per-block version of the old code ran at 6 % of peak
- * at T = 4097). They are register-blocked AVX-512 micro-kernels (function-level target, chosen
+ * Products: every block product has K = D = 64 or K = ATTN_BK, small for BLIS's packing and
+ * call overhead (the former code, single-threaded BLIS per head with K = 64, ran at 17-25 %
+ * of the 2-core AVX-512 peak; this one at ~50 %, B = 1, H = 12, D = 64, T = 197 and 4097,
+ * measured on Zen 5, 2 threads). They are register-blocked AVX-512 micro-kernels (function-level target, chosen
  * at run time when the CPU has AVX-512F, D % 16 == 0 and the BLIS kernel set is not "generic"),
  * with portable C loops as the fallback (any D; CLIPSELF_KERNELS=generic selects them, so the
  * tests cover both). Q, V and the K rows of dQ += dS K are read in place from the (B, T, 3C)
