@@ -64,9 +64,11 @@ void swiglu_backward(float *dinp, const float *dout, const float *inp, int N, in
 /* ---- attention.c ------------------------------------------------------------------------ */
 /* Multi-head softmax attention on a fused qkv tensor, rows q|k|v:
  *   qkv (B, T, 3C) -> out (B, T, C), lse (B, H, T) = per-row log-sum-exp of the scaled scores.
- * The T x T probabilities are never stored: the backward recomputes them, a block of query
- * rows at a time, from qkv and lse. scratch holds attention_scratch_floats(T, threads) floats
- * (a share per OpenMP thread), kept by the caller for the life of a run. */
+ * Fused (flash-style): no T x T nor block x T matrix; the backward recomputes the
+ * probabilities per block from qkv and lse. dqkv is accumulated (+=). Head size D = C / H
+ * <= 128 (the scratch is sized for that; more aborts). scratch holds
+ * attention_scratch_floats(T, threads) floats (a share per OpenMP thread), kept by the caller
+ * for the life of a run. */
 size_t attention_scratch_floats(int T, int nthreads);
 void attention_forward(float *out, float *lse, const float *qkv, float *scratch, int B, int T,
                        int C, int H);

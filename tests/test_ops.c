@@ -383,8 +383,10 @@ static double attention_loss(void) {
     return dot_d(att.out, att.g, (size_t)att.B * att.T * att.C);
 }
 
-/* The per-element error bound of a float32 attention forward (see test_attention). */
-static void attention_bound(float *bound, const float *qkv, int B, int T, int C, int H) {
+/* The per-element error bound of a float32 attention forward (see test_attention); with
+ * causal, row i over keys 0..i. */
+static void attention_bound(float *bound, const float *qkv, int B, int T, int C, int H,
+                            int causal) {
     int D = C / H, C3 = 3 * C;
     const double u = ldexp(1.0, -24), gT = T * u / (1 - T * u), gD = D * u / (1 - D * u);
     double *s = malloc((size_t)T * sizeof(double)), *mag = malloc((size_t)T * sizeof(double));
@@ -393,7 +395,8 @@ static void attention_bound(float *bound, const float *qkv, int B, int T, int C,
             for (int i = 0; i < T; i++) {
                 const float *q = qkv + ((size_t)b * T + i) * C3 + h * D;
                 double mx = -INFINITY, smag = 0.0, z = 0.0;
-                for (int j = 0; j < T; j++) {
+                int nk = causal ? i + 1 : T;
+                for (int j = 0; j < nk; j++) {
                     const float *kk = qkv + ((size_t)b * T + j) * C3 + C + h * D;
                     double d = 0.0, m = 0.0;
                     for (int e = 0; e < D; e++) d += (double)q[e] * kk[e], m += fabs((double)q[e] * kk[e]);
@@ -401,11 +404,11 @@ static void attention_bound(float *bound, const float *qkv, int B, int T, int C,
                     mx = s[j] > mx ? s[j] : mx;
                     smag = mag[j] > smag ? mag[j] : smag;
                 }
-                for (int j = 0; j < T; j++) z += exp(s[j] - mx);
+                for (int j = 0; j < nk; j++) z += exp(s[j] - mx);
                 double eps_p = gD * smag + 8 * u;
                 for (int e = 0; e < D; e++) {
                     double a = 0.0, o = 0.0;
-                    for (int j = 0; j < T; j++) {
+                    for (int j = 0; j < nk; j++) {
                         double p = exp(s[j] - mx) / z;
                         double v = qkv[((size_t)b * T + j) * C3 + 2 * C + h * D + e];
                         a += p * fabs(v), o += p * v;
@@ -441,7 +444,7 @@ static void test_attention(hid_t f) {
          * This holds for any kernel set or thread split. (The former 1e-4 |want| + 1e-6
          * max|want| was at the rounding's typical size: half of it was used on haswell.) */
         float *bound = alloc_f(no);
-        attention_bound(bound, qkv, B, T, C, H);
+        attention_bound(bound, qkv, B, T, C, H, 0);
         char bname[64];
         snprintf(bname, sizeof bname, "%s out vs torch (float64)", groups[k]);
         tu_close_bound(bname, out, want, bound, no);
@@ -475,6 +478,47 @@ static void test_attention(hid_t f) {
     check_accum("attention dqkv", aq, pq, gq, nq);
     free(att.qkv), free(att.out), free(att.g), free(att.lse), free(att.scratch);
     free(gq), free(pq), free(aq);
+}
+
+/* The block edges of the fused attention (blocks of 128 query rows and 128 keys): T = 1, 7,
+ * 127, 129, 259, B = 2 or 1, 2-3 heads of D = 64, 32 or 16 (the AVX-512 path; the cases above
+ * have D = 8 and 4, the portable one), causal and not, against float64 torch. The same
+ * tolerances as test_attention: the per-element bound for out, 1e-5 for lse and 1e-4 (plus
+ * 1e-5 of the largest) for dqkv. */
+static void test_attention_edges(hid_t f) {
+    const char *names[] = {"t1", "t7", "t127", "t129", "t259"};
+    for (size_t c = 0; c < sizeof names / sizeof names[0]; c++) {
+        char grp[64], path[128], label[128];
+        snprintf(grp, sizeof grp, "attention_edges/%s", names[c]);
+        int B = fx_int(f, grp, "B"), T = fx_int(f, grp, "T"), C = fx_int(f, grp, "C");
+        int H = fx_int(f, grp, "H");
+        size_t nq = (size_t)B * T * 3 * C, no = (size_t)B * T * C, nl = (size_t)B * H * T;
+#define EDGE_FX(name, cnt) (snprintf(path, sizeof path, "%s/" name, grp), fx(f, path, cnt))
+        float *qkv = EDGE_FX("qkv", nq), *dout = EDGE_FX("dout", no);
+        float *out = alloc_f(no), *lse = alloc_f(nl), *dqkv = alloc_f(nq), *bound = alloc_f(no);
+        float *scratch = alloc_f(attention_scratch_floats(T, cs_num_threads()));
+        for (int causal = 0; causal < 2; causal++) {
+            const char *how = causal ? "causal" : "full";
+            if (causal) attention_forward_causal(out, lse, qkv, scratch, B, T, C, H);
+            else attention_forward(out, lse, qkv, scratch, B, T, C, H);
+            float *want = causal ? EDGE_FX("out_causal", no) : EDGE_FX("out", no);
+            attention_bound(bound, qkv, B, T, C, H, causal);
+            snprintf(label, sizeof label, "%s %s out vs torch (float64)", grp, how);
+            tu_close_bound(label, out, want, bound, no);
+            free(want);
+            want = causal ? EDGE_FX("lse_causal", nl) : EDGE_FX("lse", nl);
+            snprintf(label, sizeof label, "%s %s", grp, how);
+            close_scaled(label, "lse vs torch", lse, want, nl, 1e-5f, 1e-6f);
+            free(want);
+        }
+        attention_forward(out, lse, qkv, scratch, B, T, C, H);
+        attention_backward(dqkv, dout, qkv, out, lse, scratch, B, T, C, H);
+        float *want = EDGE_FX("dqkv", nq);
+        close_scaled(grp, "dqkv vs torch", dqkv, want, nq, 1e-4f, 1e-5f);
+        free(want);
+#undef EDGE_FX
+        free(qkv), free(dout), free(out), free(lse), free(dqkv), free(bound), free(scratch);
+    }
 }
 
 /* ---- patch embedding ---------------------------------------------------------------------- */
@@ -876,6 +920,7 @@ int main(void) {
     test_layernorm(f);
     test_activation(f);
     test_attention(f);
+    test_attention_edges(f);
     test_patch_embed(f);
     test_bicubic(f);
     test_normalize(f);

@@ -28,6 +28,9 @@ Tensors are stored in the channel-last layouts of ops.h (float32 unless said oth
                          dout (B, T, C), dqkv (B, T, 3C); B 2, T 11, C 24, H 3; out, lse and
                          dqkv computed in float64 (stored as float64)
   /attention_long        the same with B 1, T 300, C 16, H 2 and larger scores
+  /attention_edges/<name>  attrs B, T, C, H; qkv (B, T, 3C), dout (B, T, C); out, lse,
+                         dqkv and the causal forward's out_causal, lse_causal, all float64:
+                         T 1, 7, 127, 129, 259 around the C blocks of 128 (ATTENTION_EDGES)
   /patch_embed           attr P; img (B, 3, H, W), w (C, 3, P, P), out (B, gh*gw, C), dout,
                          dw (C, 3, P, P), dimg (B, 3, H, W)
   /swiglu                inp (N, 2F) rows x1|x2 in [-8, 8]; out (N, F) = silu(x1) * x2
@@ -227,6 +230,37 @@ def attention(f):
             put(g, k_, v_)
 
 
+# The block edges of the fused C attention (ATTN_BQ = ATTN_BK = 128 rows and keys per block):
+# T of one key, a few, one short of a block, one past it, two blocks and 3; several heads,
+# B = 2; D = 64 (the models' head size) and 16, 32 (the AVX-512 path needs D % 16 == 0).
+ATTENTION_EDGES = (("t1", 2, 1, 128, 2), ("t7", 2, 7, 48, 3), ("t127", 1, 127, 128, 2),
+                   ("t129", 2, 129, 64, 2), ("t259", 1, 259, 128, 2))
+
+
+def attention_edges(f):
+    for name, B, T, C, H in ATTENTION_EDGES:
+        g = f.create_group("attention_edges/" + name)
+        D = C // H
+        qkv32 = torch.randn(B, T, 3 * C) * 2.0
+        dout32 = torch.randn(B, T, C)
+        g.attrs["B"], g.attrs["T"], g.attrs["C"], g.attrs["H"] = B, T, C, H
+        put(g, "qkv", qkv32), put(g, "dout", dout32)
+        for causal in (False, True):
+            qkv = leaf(qkv32.double())
+            q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(C, dim=-1))
+            scores = q @ k.transpose(-1, -2) / D ** 0.5  # (B, H, T, T)
+            if causal:
+                scores = scores.masked_fill(
+                    torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+            lse = torch.logsumexp(scores, dim=-1)  # (B, H, T)
+            out = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, C)
+            sfx = "_causal" if causal else ""
+            put(g, "out" + sfx, out), put(g, "lse" + sfx, lse)
+            if not causal:  # the C backward is non-causal only (the text tower is not trained)
+                dqkv, = torch.autograd.grad((out * dout32.double()).sum(), qkv)
+                put(g, "dqkv", dqkv)
+
+
 def patch_embed(f):
     g = f.create_group("patch_embed")
     B, H, W, P, C = 2, 12, 16, 4, 10
@@ -298,7 +332,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with h5py.File(os.path.join(args.out, "ops.h5"), "w") as f:
         for op in (layernorm, act, bicubic, roi_align, maskpool, l2norm, cosine, linear,
-                   attention, patch_embed, swiglu, rope):
+                   attention, patch_embed, swiglu, rope, attention_edges):
             op(f)
 
 
