@@ -14,10 +14,18 @@ void stage_begin(Stage *s, const char *name, int *argc, char ***argv) {
     /* stdout is a pipe or a file under mpirun, srun and Slurm: lines reach the job log as
      * they are printed, not when a buffer fills */
     setvbuf(stdout, NULL, _IOLBF, 0);
-    MPI_Init(argc, argv);
+    /* FUNNELED: OpenMP threads run the compute while MPI is called by the main thread only,
+     * between parallel regions (the overlapped gradient sums in vit_backward, allreduce.h) */
+    int provided = MPI_THREAD_SINGLE;
+    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
     s->name = name;
     MPI_Comm_rank(MPI_COMM_WORLD, &s->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &s->size);
+    if (provided < MPI_THREAD_FUNNELED) {
+        cs_error_set(__FILE__, __LINE__, "the MPI library gives thread level %d, below "
+                     "MPI_THREAD_FUNNELED (%d)", provided, MPI_THREAD_FUNNELED);
+        stage_die(s, "use an MPI built with thread support");
+    }
 }
 
 int stage_options(Stage *s, int argc, char **argv, const char *synopsis, const CliOpt *opts,

@@ -457,16 +457,23 @@ void vit_forward(Vit *m, const float *img) {
     head_forward(m);
 }
 
+static void grad_ready(const Vit *m, int done) {
+    if (m->grad_ready) m->grad_ready(m->grad_ready_arg, done);
+}
+
 int vit_backward(Vit *m, const float *dout, float *dimg) {
     CS_CHECK(m->train && m->grads_mem, "vit_backward needs vit_prepare(..., train = 1) before "
              "the forward, and vit_alloc_grads");
     head_backward(m, dout);
+    grad_ready(m, m->cfg.layers);
     /* blocks, last to first; a->dx holds the gradient of the current block's output */
     for (int l = m->cfg.layers - 1; l >= 0; l--) {
         mlp_backward(m, l);
         attn_backward(m, l);
+        grad_ready(m, l);
     }
     embed_backward(m, dimg);
+    grad_ready(m, -1);
     return 0;
 }
 

@@ -152,6 +152,12 @@ typedef struct {
      * gradient for those rows, and is decayed. In offset order; the optimiser skips them. */
     struct { size_t offset, count; } unreached[2];
     int num_unreached;
+    /* Called by vit_backward, on its thread and outside parallel regions, each time a part of
+     * the gradients is final: done = L after the head, l after block l (its slice of every
+     * per-layer tensor), -1 after the embedding. NULL: not called. (allreduce.h starts the sum
+     * over ranks of each finished bucket from it.) */
+    void (*grad_ready)(void *arg, int done);
+    void *grad_ready_arg;
     VitActs acts;
     float *acts_mem;
     size_t acts_capacity; /* floats in acts_mem */

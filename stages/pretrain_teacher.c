@@ -29,8 +29,9 @@
  * Model: the ViT's image embedding against a learned matrix of class embeddings, both
  * L2-normalised, logits scaled by a learned exp(log_scale) (pipeline/contrastive.h); the loss
  * is the mean over the global batch, so a step is the same on any split of it over ranks.
- * Gradients are summed over ranks (the ViT's flat buffer in one call, the class embeddings,
- * the scale and the step's tallies in another) and every rank takes the same AdamW step.
+ * Gradients are summed over ranks (the ViT's flat buffer in buckets started while its backward
+ * runs, allreduce.h; the class embeddings, the scale and the step's tallies with the last of
+ * them) and every rank takes the same AdamW step.
  * Checkpoints (ViT, class embeddings, scale, all AdamW moments, step, the epoch's tallies) are
  * written atomically every --save-every steps and on SIGTERM/SIGUSR1; --resume continues from
  * the newest, bit-identically, and refuses a run folder whose settings (run.txt) differ. At the
@@ -50,6 +51,7 @@
 #include <unistd.h>
 
 #include "adamw.h"
+#include "allreduce.h"
 #include "check.h"
 #include "checkpoint.h"
 #include "classes.h"
@@ -644,9 +646,11 @@ int main(int argc, char **argv) {
     AdamWConfig ac = {lr, 0.9f, 0.999f, 1e-8f, wd};
     AdamW opt;
     stage_check(&st, adamw_init(&opt, &ac, m.num_params), NULL);
+    GradReduce gr; /* hooks the backward: the sums start block by block */
+    stage_check(&st, grad_reduce_init(&gr, &m, GRAD_BUCKET_FLOATS, MPI_COMM_WORLD), NULL);
     float *head = calloc(nh, sizeof(float)), *head_m = calloc(nh, sizeof(float));
     float *head_v = calloc(nh, sizeof(float));
-    float *tail = calloc(nh + TALLIES, sizeof(float)); /* [d head | step tallies], one allreduce */
+    float *tail = calloc(nh + TALLIES, sizeof(float)); /* [d head | step tallies], one sum */
     float tally[TALLIES] = {0};                        /* this epoch's, summed over its steps */
     CheckpointExtra extras[7];
     head_extras(extras, head, head_m, head_v, tally, K, E);
@@ -782,9 +786,7 @@ int main(int argc, char **argv) {
             tl[TALLY_N + ld.kind[k]] += 1.0f;
         }
         tl[TALLY_STOP] = stop_requested || (max_steps > 0 && step + 1 >= max_steps);
-        MPI_Allreduce(MPI_IN_PLACE, m.grads_mem, (int)m.num_params, MPI_FLOAT, MPI_SUM,
-                      MPI_COMM_WORLD);
-        MPI_Allreduce(MPI_IN_PLACE, tail, (int)(nh + TALLIES), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        stage_check(&st, grad_reduce_finish(&gr, tail, nh + TALLIES), NULL);
         /* the loss is the mean over the global batch's labelled samples: rescale the gradient
          * of the mean over all G (the same on every rank, after the sums) */
         double valid = 0;
@@ -874,6 +876,7 @@ int main(int argc, char **argv) {
     image_work_free(&ld.ws);
     contrastive_free(&cl);
     adamw_free(&opt);
+    grad_reduce_free(&gr, &m);
     vit_free(&m);
     coco_panoptic_free(&pan);
     stage_end(&st);

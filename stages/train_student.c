@@ -5,7 +5,8 @@
  * RoIAlign, and scores it against the cached teacher embedding of that crop
  * (1 - mean cosine over all the global batch's boxes, so a step is the same on any split of the
  * batch over ranks; the reference's DDP averages each GPU's own mean instead). Gradients are
- * summed over ranks, then every rank takes the same AdamW step, so the replicas stay identical.
+ * summed over ranks in buckets started while the backward runs (allreduce.h), then every rank
+ * takes the same AdamW step, so the replicas stay identical.
  * After each epoch the model
  * saved is alpha * student + (1 - alpha) * teacher; training goes on from the student.
  * Checkpoints (parameters, AdamW moments, step) are written atomically every --save-every
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "adamw.h"
+#include "allreduce.h"
 #include "check.h"
 #include "checkpoint.h"
 #include "clipself.h"
@@ -164,6 +166,8 @@ int main(int argc, char **argv) {
     AdamWConfig ac = {lr, 0.9f, 0.999f, 1e-8f, wd};
     AdamW opt;
     stage_check(&st, adamw_init(&opt, &ac, student.num_params), NULL);
+    GradReduce gr; /* hooks the student's backward: the sums start block by block */
+    stage_check(&st, grad_reduce_init(&gr, &student, GRAD_BUCKET_FLOATS, MPI_COMM_WORLD), NULL);
 
     /* images usable for training: the teacher cache has their rows */
     uint8_t *valid = malloc((size_t)(tc.rows ? tc.rows : 1));
@@ -346,12 +350,7 @@ int main(int argc, char **argv) {
         clipself_loss_backward(&cl, ddense, (float)R / (float)Rg);
         vit_zero_grad(&student);
         stage_check(&st, vit_backward(&student, ddense, NULL), NULL);
-        for (int t = 0; t < VIT_NUM_TENSORS; t++) {
-            if (student.frozen[t]) continue;
-            const VitTensor *vt = &student.tensors[t];
-            MPI_Allreduce(MPI_IN_PLACE, student.grads_mem + vt->offset, (int)vt->numel, MPI_FLOAT,
-                          MPI_SUM, MPI_COMM_WORLD);
-        }
+        stage_check(&st, grad_reduce_finish(&gr, NULL, 0), NULL);
         double lr_now = lr_at_step(lr, warmup, total, step);
         adamw_step(&opt, &student, (float)lr_now);
         step++, steps_here++;
@@ -395,6 +394,7 @@ int main(int argc, char **argv) {
     image_free(&im);
     image_work_free(&ws);
     adamw_free(&opt);
+    grad_reduce_free(&gr, &student);
     vit_free(&student);
     vit_free(&teacher);
     teacher_cache_close(&tc);
