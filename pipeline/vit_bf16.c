@@ -100,6 +100,7 @@ int vit_bf16_block(Vit *m, int l) {
     int B = m->B, T = m->T, C = c->width, NH = c->heads, F = c->mlp, BT = B * T;
     int eva = c->arch == VIT_ARCH_EVA02;
     size_t BTC = (size_t)BT * C;
+    CS_CHECK(b->capacity >= (size_t)BT, "the bf16 forward needs vit_prepare after vit_bf16_enable");
     const float *x = vit_block_input(m, l);
     float *xmid = a->xmid, *xout = vit_block_input(m, l + 1);
 
