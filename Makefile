@@ -48,6 +48,8 @@ HAVE_PNG  := $(shell pkg-config --exists libpng && echo yes)
 HAVE_YAJL := $(shell pkg-config --exists yajl && echo yes)
 HAVE_ICU  := $(shell pkg-config --exists icu-uc icu-i18n && echo yes)
 HAVE_ZLIB := $(shell pkg-config --exists zlib && echo yes)
+# oneDNN (libdnnl-dev: the bf16 teacher's matmul) ships no pkg-config file on Debian 12
+HAVE_DNNL := $(wildcard /usr/include/oneapi/dnnl/dnnl.h)
 HAVE_TORCH := $(shell $(PYTHON) -c 'import torch, torchvision, h5py' >/dev/null 2>&1 && echo yes)
 ifeq ($(MAKELEVEL),0)
 $(call probe,BLIS (OpenMP build) $(BLIS_INC),$(HAVE_BLIS))
@@ -58,12 +60,13 @@ $(call probe,libpng,$(HAVE_PNG))
 $(call probe,yajl (JSON),$(HAVE_YAJL))
 $(call probe,ICU (tokenizer: Unicode lower-casing and pattern),$(HAVE_ICU))
 $(call probe,zlib (tokenizer: gzip merges file),$(HAVE_ZLIB))
+$(call probe,oneDNN (bf16 teacher: libdnnl-dev),$(HAVE_DNNL))
 $(call probe,PyTorch + torchvision + h5py ($(PYTHON)),$(HAVE_TORCH))
 endif
 
 PKGS := hdf5-openmpi yajl libpng libjpeg icu-uc icu-i18n zlib
 CFLAGS += -isystem $(BLIS_INC) -Ipipeline $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS := $(BLIS_LIB) $(shell pkg-config --libs $(PKGS) 2>/dev/null) \
+LDLIBS := $(BLIS_LIB) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl \
           -lpthread $(LDLIBS)
 
 # ---- the library -------------------------------------------------------------------------

@@ -21,6 +21,23 @@ static hid_t half_type(void) {
     return t;
 }
 
+const char *teacher_precision_name(int precision) {
+    return precision == TEACHER_BF16 ? "bfloat16" : precision == TEACHER_FP32 ? "float32" : "any";
+}
+
+/* The file's teacher_precision; a file without it predates the attribute: float32. */
+static int read_precision(hid_t f, int *precision, const char *path) {
+    char p[32];
+    *precision = TEACHER_FP32;
+    htri_t has = H5Aexists(f, "teacher_precision");
+    H5_CHECK(has >= 0, "%s: cannot look for the teacher_precision attribute", path);
+    if (!has) return 0;
+    CS_TRY(h5u_read_string_attr(f, "teacher_precision", p, sizeof p, path));
+    if (!strcmp(p, "bfloat16")) *precision = TEACHER_BF16;
+    else CS_CHECK(!strcmp(p, "float32"), "%s: unknown teacher_precision '%s'", path, p);
+    return 0;
+}
+
 static int write_identity(hid_t f, const CacheIdentity *id, const char *path) {
     char t[32], c[32];
     snprintf(t, sizeof t, "%016" PRIx64, id->teacher_digest);
@@ -30,6 +47,10 @@ static int write_identity(hid_t f, const CacheIdentity *id, const char *path) {
     CS_TRY(h5u_write_string_attr(f, "crops_digest", c, path));
     CS_TRY(h5u_write_attr(f, "input_size", H5T_STD_I32LE, H5T_NATIVE_INT, &id->input_size, path));
     CS_TRY(h5u_write_attr(f, "embed", H5T_STD_I32LE, H5T_NATIVE_INT, &id->embed, path));
+    CS_CHECK(id->precision == TEACHER_FP32 || id->precision == TEACHER_BF16,
+             "%s: a cache is written with the teacher's precision (float32 or bfloat16)", path);
+    CS_TRY(h5u_write_string_attr(f, "teacher_precision", teacher_precision_name(id->precision),
+                                 path));
     return 0;
 }
 
@@ -56,6 +77,12 @@ static int check_identity(hid_t f, const CacheIdentity *id, const char *path) {
              "%s was made at teacher input %d, not %d", path, size, id->input_size);
     CS_CHECK(id->embed <= 0 || embed == id->embed, "%s holds embeddings of %d, not %d", path,
              embed, id->embed);
+    int precision;
+    CS_TRY(read_precision(f, &precision, path));
+    CS_CHECK(id->precision == TEACHER_ANY || precision == id->precision,
+             "%s was computed by a %s teacher pass, this one is %s (--bf16 %s): a cache never "
+             "mixes the two", path, teacher_precision_name(precision),
+             teacher_precision_name(id->precision), id->precision == TEACHER_BF16 ? "on" : "off");
     return 0;
 }
 
@@ -112,6 +139,7 @@ static int chunk_read_all(hid_t f, CacheChunk *c, const char *path) {
     CS_TRY(h5u_read_attr(f, "first_row", H5T_NATIVE_LONG, &c->first_row, path));
     CS_TRY(h5u_read_attr(f, "num_rows", H5T_NATIVE_LONG, &c->num_rows, path));
     CS_TRY(h5u_read_attr(f, "embed", H5T_NATIVE_INT, &c->embed, path));
+    CS_TRY(read_precision(f, &c->precision, path));
     hsize_t dims[2];
     int nd;
     CS_TRY(h5u_read(f, "embeddings", H5T_NATIVE_FLOAT, sizeof(float), 2, dims, &nd,
@@ -167,7 +195,7 @@ void cache_chunk_free(CacheChunk *c) {
 /* Each rank's chunks into the shared file; returns this rank's skipped records serialised as
  * "image\treason\n" lines in *skipped. */
 static int join_rows(hid_t emb, hid_t valid, char **chunk_paths, int num_chunks, int rank,
-                     int size, char **skipped) {
+                     int size, int precision, char **skipped) {
     size_t cap = 1024, len = 0;
     char *buf = malloc(cap);
     CS_CHECK(buf, "out of memory");
@@ -177,6 +205,14 @@ static int join_rows(hid_t emb, hid_t valid, char **chunk_paths, int num_chunks,
         CacheChunk c;
         rc = cache_chunk_read(&c, chunk_paths[ci]);
         if (rc) break;
+        if (c.precision != precision) {
+            rc = cs_error_set(__FILE__, __LINE__, "%s was computed by a %s teacher pass, the "
+                              "cache is %s: a cache never mixes the two", chunk_paths[ci],
+                              teacher_precision_name(c.precision),
+                              teacher_precision_name(precision));
+            cache_chunk_free(&c);
+            break;
+        }
         hsize_t off[2] = {(hsize_t)c.first_row, 0}, cnt[2] = {(hsize_t)c.num_rows, (hsize_t)c.embed};
         if (c.num_rows > 0) {
             hid_t fs = H5Dget_space(emb), ms = H5Screate_simple(2, cnt, NULL);
@@ -288,7 +324,8 @@ int cache_join(const char *out, char **chunk_paths, const long *first, int num_c
         H5Sclose(s2), H5Sclose(s1), H5Tclose(ftype), H5Pclose(dcpl);
         if (emb < 0 || valid < 0) rc = h5u_fail(__FILE__, __LINE__, "cannot create datasets in %s", tmp);
         if (!rc) rc = write_identity(f, id, tmp);
-        if (!rc) rc = join_rows(emb, valid, chunk_paths, num_chunks, rank, size, &skipped);
+        if (!rc) rc = join_rows(emb, valid, chunk_paths, num_chunks, rank, size, id->precision,
+                                &skipped);
         if (emb >= 0) H5Dclose(emb);
         if (valid >= 0) H5Dclose(valid);
         if (H5Fclose(f) < 0 && !rc) rc = h5u_fail(__FILE__, __LINE__, "cannot close %s", tmp);
@@ -327,6 +364,7 @@ int teacher_cache_open(TeacherCache *tc, const char *path, const CacheIdentity *
                                     "(truncated?)", path);
     if (!rc) rc = check_identity(tc->file, id, path);
     if (!rc) rc = h5u_read_attr(tc->file, "embed", H5T_NATIVE_INT, &tc->embed, path);
+    if (!rc) rc = read_precision(tc->file, &tc->precision, path);
     if (!rc) {
         tc->emb = H5Dopen2(tc->file, "embeddings", H5P_DEFAULT);
         tc->valid = H5Dopen2(tc->file, "valid", H5P_DEFAULT);

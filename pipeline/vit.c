@@ -15,6 +15,7 @@
  * EVA02 B/16: 6*768 + 2*2048), plus each LayerNorm's mean and rstd. LayerNorm outputs and the
  * activated MLP hidden are recomputed in the backward, and attention probabilities are
  * recomputed by attention.c. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,7 @@
 #include "ops.h"
 #include "timing.h"
 #include "vit.h"
+#include "vit_bf16.h"
 
 /* Pointer to block l of a per-layer activation or parameter of row size n. */
 #define AT(base, l, n) ((base) + (size_t)(l) * (size_t)(n))
@@ -36,6 +38,7 @@ int vit_prepare(Vit *m, int mode, int B, int H, int W, int train) {
              "image size %dx%d (batch %d) must be positive multiples of the patch size %d", H, W,
              B, P);
     int gh = H / P, gw = W / P, N = gh * gw, T = N + 1, Tp = mode == VIT_IMAGE ? 1 : N;
+    CS_CHECK(!train || !m->bf16, "a model switched to the bf16 forward has no backward");
     CS_CHECK(!train || m->frozen[VIT_POS_EMB] || (gh == c->grid && gw == c->grid),
              "training the positional embedding needs the native %dx%d token grid, got %dx%d: "
              "freeze it (as CLIPSelf does) or use %dx%d pixel inputs",
@@ -98,6 +101,7 @@ int vit_prepare(Vit *m, int mode, int B, int H, int W, int train) {
     }
     m->mode = mode, m->B = B, m->H = H, m->W = W, m->gh = gh, m->gw = gw, m->T = T;
     m->train = train;
+    if (m->bf16) CS_TRY(vit_bf16_prepare(m));
     return 0;
 }
 
@@ -107,6 +111,7 @@ static float *block_input(const Vit *m, int l) {
     size_t BTC = (size_t)m->B * m->T * m->cfg.width;
     return m->acts.xin + (m->train ? (size_t)l : (size_t)(l % 2)) * BTC;
 }
+float *vit_block_input(const Vit *m, int l) { return block_input(m, l); }
 
 static void add_inplace(float *y, const float *x, size_t n) {
 #pragma omp parallel for schedule(static)
@@ -451,6 +456,14 @@ static void head_backward(Vit *m, const float *dout) {
 void vit_forward(Vit *m, const float *img) {
     embed_forward(m, img);
     for (int l = 0; l < m->cfg.layers; l++) {
+        if (m->bf16) {
+            /* vit_prepare made the primitives and buffers: only oneDNN itself can fail here */
+            if (vit_bf16_block(m, l)) {
+                fprintf(stderr, "vit_forward: %s\n", cs_error());
+                abort();
+            }
+            continue;
+        }
         attn_forward(m, l);
         mlp_forward(m, l);
     }

@@ -161,6 +161,7 @@ typedef struct {
     VitActs acts;
     float *acts_mem;
     size_t acts_capacity; /* floats in acts_mem */
+    struct VitBf16 *bf16; /* non-NULL: the blocks run in bf16, inference only (vit_bf16.h) */
 } Vit;
 
 int vit_config_check(const VitConfig *cfg);
@@ -189,6 +190,9 @@ void vit_forward(Vit *m, const float *img);
 /* dout has the shape of m->acts.out. Accumulates into m->grads (not frozen tensors). dimg
  * (B, 3, H, W) may be NULL. Needs a forward prepared with train = 1 and allocated gradients. */
 int vit_backward(Vit *m, const float *dout, float *dimg);
+
+/* Block l's input (B, T, C) in the prepared activations; l = L is the last block's output. */
+float *vit_block_input(const Vit *m, int l);
 
 /* Floating-point operations of one forward (multiply-add = 2) for the prepared shape. */
 double vit_forward_flops(const Vit *m);

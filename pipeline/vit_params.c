@@ -7,6 +7,7 @@
 #include "check.h"
 #include "ops.h"
 #include "vit.h"
+#include "vit_bf16.h"
 
 const char *vit_arch_name(int arch) {
     static const char *names[VIT_NUM_ARCHS] = {[VIT_ARCH_CLIP] = "clip", [VIT_ARCH_EVA02] = "eva02"};
@@ -178,6 +179,7 @@ void vit_zero_grad(Vit *m) {
 }
 
 void vit_free(Vit *m) {
+    vit_bf16_disable(m);
     free(m->params_mem);
     free(m->grads_mem);
     free(m->acts_mem);

@@ -125,7 +125,7 @@ int main(int argc, char **argv) {
         stage_check(&st, cropfile_read(&cf, crops), NULL);
         stage_check(&st, coco_read_panoptic(&pan, panoptic), NULL);
         stage_check(&st, classes_read(&ce, classes, &pan.categories), NULL);
-        CacheIdentity id = {0, cf.digest, 0, 0};
+        CacheIdentity id = {0, cf.digest, 0, 0, TEACHER_ANY};
         stage_check(&st, teacher_cache_open(&tc, cache, &id), "the cache of these crops");
         int K = ce.num, E = ce.embed;
         if (tc.embed != E) {

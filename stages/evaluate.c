@@ -2,7 +2,9 @@
  * crops and maskpool, thing and stuff, Top-1/Top-5 mAcc. Images are split over ranks and the
  * per-class tallies summed; rank 0 writes the results JSON and a markdown table. With
  * --pictures, the first images also get a PNG each (pipeline/picture.h), drawn by the rank that
- * evaluates them; pictures cost nothing without it and never change the results. */
+ * evaluates them; pictures cost nothing without it and never change the results. With --bf16
+ * the model's transformer blocks run in bfloat16 (pipeline/vit_bf16.h) for the full images and
+ * the crops alike. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@
 #include "report.h"
 #include "stage.h"
 #include "vit.h"
+#include "vit_bf16.h"
 
 /* The default label: the model file's name without directory and extension. */
 static void default_label(char *dst, size_t len, const char *model_path) {
@@ -38,6 +41,7 @@ int main(int argc, char **argv) {
     const char *classes_path = NULL, *label = NULL;
     const char *pic_dir = NULL, *pic_vs = NULL;
     int det = 1024, crop = 0, batch = 16, max_images = 0, verify = 0, pic_max = 6, pic_size = 256;
+    int bf16 = 0;
     CliOpt opts[] = {
         {"dataset", CLI_STRING, &name, "dataset name in the registry (required)"},
         {"datasets", CLI_STRING, &cfg, "dataset registry"},
@@ -50,6 +54,11 @@ int main(int argc, char **argv) {
         {"crop-size", CLI_INT, &crop, "crop input side (0: the model's native size)"},
         {"batch", CLI_INT, &batch, "crops per forward pass"},
         {"max-images", CLI_INT, &max_images, "evaluate only the first N images (0: all)"},
+        {"bf16", CLI_FLAG, &bf16, "run the model's transformer blocks in bfloat16 for the dense "
+                                  "map and the crops (oneDNN matmul: bf16 weights and inputs "
+                                  "of the linear layers, float accumulation; LayerNorm, "
+                                  "attention, activations and the head stay float32): inference "
+                                  "of a frozen model, within 0.5 points of float32"},
         {"pictures", CLI_STRING, &pic_dir,
          "write DIR/<image_id>.png for the first --pictures-max images, one row of panels: "
          "image | ground truth | [--pictures-vs class map |] this model's class map; and "
@@ -116,6 +125,10 @@ int main(int argc, char **argv) {
                            .classes_digest = classes_digest, .det_size = det, .crop_size = crop,
                            .max_images = max_images};
         stage_verified(&st, st.rank == 0 ? report_check_json(out, &want) : 0, out);
+    }
+    if (bf16) {
+        stage_check(&st, vit_bf16_enable(&model), "--bf16 needs oneDNN's bf16 matmul");
+        if (st.rank == 0) printf("evaluate: model blocks in bf16 (oneDNN, %s)\n", bf16_isa_name());
     }
     RegionEval re;
     stage_check(&st, regioneval_init(&re, &model, &ce, &pan.categories, det, crop, batch), NULL);

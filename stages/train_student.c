@@ -148,7 +148,7 @@ int main(int argc, char **argv) {
     if (st.rank == 0) stage_check(&st, file_digest(&tdig, init), NULL);
     MPI_Bcast(&tdig, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
     TeacherCache tc;
-    CacheIdentity id = {tdig, cf.digest, 0, 0};
+    CacheIdentity id = {tdig, cf.digest, 0, 0, TEACHER_ANY};
     stage_check(&st, teacher_cache_open(&tc, cache, &id),
                 "the cache must be embed_teacher's output for these crops and this --init");
     Vit student, teacher;
@@ -202,9 +202,12 @@ int main(int argc, char **argv) {
     char signature[1024], sigpath[4200];
     snprintf(signature, sizeof signature,
              "ranks=%d batch=%d epochs=%d seed=%d lr=%.9g wd=%.9g warmup=%d det=%d alpha=%.9g "
-             "crops=%016llx teacher=%016llx\n",
+             "crops=%016llx teacher=%016llx%s\n",
              verify && ranks > 0 ? ranks : st.size, batch, epochs, seed, (double)lr, (double)wd, warmup, det, (double)alpha,
-             (unsigned long long)cf.digest, (unsigned long long)tdig);
+             (unsigned long long)cf.digest, (unsigned long long)tdig,
+             /* the targets' precision: a run never mixes float32 and bf16 teacher caches (only
+              * bf16 is named, so the runs made before the attribute resume as before) */
+             tc.precision == TEACHER_BF16 ? " teacher_pass=bfloat16" : "");
     snprintf(sigpath, sizeof sigpath, "%s/run.txt", run);
     if (verify) {
         snprintf(path, sizeof path, "%s/student.h5", run);
@@ -244,7 +247,8 @@ int main(int argc, char **argv) {
             cs_error_set(__FILE__, __LINE__, "%s was made by a run with other settings:\n  was: "
                          "%s  now: %s", run, old[0] ? old : "(unknown)\n", signature);
             stage_die(&st, "resume with the same ranks, batch, epochs, seed, schedule, crops and "
-                           "teacher, or start in a new --run-dir");
+                           "teacher (and a cache of the same teacher pass, float32 or bf16), "
+                           "or start in a new --run-dir");
         }
     }
     if (!resume && st.rank == 0 && checkpoint_newest(run) >= 0) {

@@ -9,6 +9,7 @@
  *                               through gemm() (the library's BLIS kernel choice), and through
  *                               OpenBLAS's cblas_sgemm when libopenblas.so.0 loads
  *   bench [MODEL] teacher       image embedding, 224x224, batch 8, inference
+ *   bench [MODEL] teacher-bf16  the same in float32 and with the bf16 blocks (vit_bf16.h)
  *   bench [MODEL] train SIZE [STEPS]
  *                               one CLIPSelf step at SIZE x SIZE, batch 1, 16 boxes
  * MODEL: b16 (OpenAI's ViT-B/16, the default) or eva-b16 (EVA02-CLIP-B/16), vit_preset names.
@@ -40,6 +41,7 @@
 #include "ops.h"
 #include "timing.h"
 #include "vit.h"
+#include "vit_bf16.h"
 
 #define BOXES 16
 
@@ -364,6 +366,43 @@ static int bench_teacher(const BenchModel *bm) {
     return 0;
 }
 
+/* ---- teacher forward in bf16 (vit_bf16.h): the --bf16 teacher against the float32 one ---- */
+
+static int bench_teacher_bf16(const BenchModel *bm) {
+    const int B = 8, S = 224, reps = 3;
+    VitConfig cfg;
+    Vit m;
+    CS_TRY(vit_preset(&cfg, bm->preset));
+    CS_TRY(vit_init(&m, &cfg));
+    vit_init_random(&m, 1);
+    float *img = random_buffer((size_t)B * 3 * S * S);
+    double sec[2];
+    for (int bf = 0; bf < 2; bf++) { /* float32, then bf16, on the same model and images */
+        if (bf) CS_TRY(vit_bf16_enable(&m));
+        CS_TRY(vit_prepare(&m, VIT_IMAGE, B, S, S, 0));
+        double t[8];
+        vit_forward(&m, img); /* warm-up */
+        for (int r = 0; r < reps; r++) {
+            double t0 = cs_clock();
+            vit_forward(&m, img);
+            t[r] = cs_clock() - t0;
+        }
+        sec[bf] = median(t, reps);
+    }
+    int C = cfg.width, BT = B * (1 + (S / cfg.patch) * (S / cfg.patch));
+    printf("== %steacher-bf16: %s image embedding, %dx%d, batch %d, %d threads ==\n", bm->prefix,
+           bm->label, S, S, B, cs_num_threads());
+    printf("oneDNN ISA %s; qkv matmul: %s\n", bf16_isa_name(),
+           bf16_impl_name(BT, C, 3 * C, 0, BF16_ACT_NONE));
+    printf("float32 %.3f s, bf16 %.3f s per batch (medians of %d): bf16 is %.2fx\n", sec[0],
+           sec[1], reps, sec[0] / sec[1]);
+    printf("result %steacher_bf16 c %.4f %.2f %.0f\n", bm->prefix, sec[1],
+           vit_forward_flops(&m) / sec[1] * 1e-9, peak_rss_mib());
+    free(img);
+    vit_free(&m);
+    return 0;
+}
+
 /* ---- CLIPSelf training step --------------------------------------------------------------- */
 
 /* R random boxes [0, x1, y1, x2, y2] in token-grid coordinates, each at least half a token. */
@@ -452,8 +491,8 @@ static int bench_train(const BenchModel *bm, int S, int steps) {
 }
 
 int main(int argc, char **argv) {
-    const char *usage = "usage: bench kernels | peak | sgemm | [MODEL] teacher | [MODEL] train "
-                        "SIZE [STEPS]\n"
+    const char *usage = "usage: bench kernels | peak | sgemm | [MODEL] teacher | [MODEL] "
+                        "teacher-bf16 | [MODEL] train SIZE [STEPS]\n"
                         "  MODEL: b16 (default) or eva-b16; SIZE: image side, a multiple of 16;\n"
                         "  STEPS: timed steps after one warm-up (default 3; 1 above 448, where a\n"
                         "  step takes a minute; at most 8)\n";
@@ -477,6 +516,8 @@ int main(int argc, char **argv) {
         CS_DIE_IF_FAIL(bench_sgemm());
     } else if (!strcmp(argv[1], "teacher")) {
         CS_DIE_IF_FAIL(bench_teacher(bm));
+    } else if (!strcmp(argv[1], "teacher-bf16")) {
+        CS_DIE_IF_FAIL(bench_teacher_bf16(bm));
     } else if (!strcmp(argv[1], "train") && argc >= 3) {
         int S = atoi(argv[2]);
         int steps = argc >= 4 ? atoi(argv[3]) : S > 448 ? 1 : 3;

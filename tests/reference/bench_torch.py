@@ -1,6 +1,6 @@
 """bench_torch.py: the PyTorch side of `make bench`: the same cases as tests/bench.c.
 
-Usage: python3 tests/reference/bench_torch.py [--tuned] sgemm | [MODEL] teacher | [MODEL] train SIZE [STEPS]
+Usage: python3 tests/reference/bench_torch.py [--tuned] sgemm | [MODEL] teacher | [MODEL] teacher-bf16 | [MODEL] train SIZE [STEPS]
 
 MODEL b16 (the default) is tests/reference/vit_ref.py's ViT-B/16 (torch modules:
 nn.MultiheadAttention blocks, the "v2" dense path); eva-b16 is tests/reference/eva_ref.py's
@@ -29,6 +29,7 @@ faster, each measured by scripts/bench against the plain run:
 The two variables must be in force before the process starts, so --tuned re-executes itself
 with them.
 """
+import contextlib
 import os
 import resource
 import statistics
@@ -180,14 +181,20 @@ def bench_sgemm():
     print("peak RSS: %.0f MiB" % peak_rss_mib())
 
 
-def bench_teacher(m):
+def bench_teacher(m, bf16=False):
+    """The teacher forward; bf16: under torch.autocast("cpu", torch.bfloat16), PyTorch's own
+    bf16 inference (its linear layers through oneDNN), the counterpart of bench.c's
+    teacher-bf16."""
     B, S, reps = 8, 224, 3
     model = m.build().eval()
     img = torch.randn(B, 3, S, S)
-    print("== %steacher: %s image embedding, %dx%d, batch %d, inference, %d threads (%s) ==" % (
-        m.prefix, m.label, S, S, B, threads(), tuning()))
+    case = m.prefix + ("teacher_bf16" if bf16 else "teacher")
+    print("== %s: %s image embedding, %dx%d, batch %d, inference%s, %d threads (%s) ==" % (
+        case, m.label, S, S, B, ", autocast bf16" if bf16 else "", threads(), tuning()))
     times = []
-    with torch.inference_mode() if TUNED else torch.no_grad():
+    grad = torch.inference_mode() if TUNED else torch.no_grad()
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with grad, cast:
         model.forward_image(img)  # warm-up
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -197,7 +204,7 @@ def bench_teacher(m):
     print("forward: %.3f s per batch (median of %d after a warm-up), %.2f images/s" % (
         sec, reps, B / sec))
     print("peak RSS: %.0f MiB" % peak_rss_mib())
-    print("result %steacher %s %.4f - %.0f" % (m.prefix, IMPL, sec, peak_rss_mib()))
+    print("result %s %s %.4f - %.0f" % (case, IMPL, sec, peak_rss_mib()))
 
 
 def need_gib(cfg, S):
@@ -274,8 +281,8 @@ def main():
     torch.manual_seed(0)
     if args == ["sgemm"] and m is None:
         bench_sgemm()
-    elif args == ["teacher"]:
-        bench_teacher(m or MODELS["b16"])
+    elif args in (["teacher"], ["teacher-bf16"]):
+        bench_teacher(m or MODELS["b16"], args[0] == "teacher-bf16")
     elif len(args) in (2, 3) and args[0] == "train" and all(a.isdigit() for a in args[1:]):
         m = m or MODELS["b16"]
         S = int(args[1])
