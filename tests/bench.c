@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "adamw.h"
 #include "check.h"
@@ -139,14 +140,15 @@ static const BenchModel models[] = {
 FMA_KERNEL(fma_avx2, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps)
 FMA_KERNEL(fma_avx512, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps)
 
-/* GFLOP/s of FMA chains on nthreads threads at once: best of 5 runs, every
- * thread's work counted, the wall time of the slowest. */
+/* GFLOP/s of FMA chains on nthreads threads at once: best of 10 runs spread over ~2 s (a 50 ms
+ * pause after each, so that a co-tenant's burst spoils some runs, not all), every thread's work
+ * counted, the wall time of the slowest. */
 static double fma_peak(int avx512, int nthreads) {
     const long iters = 10000000; /* 12 x 1e7 FMAs a thread: ~60 ms at 2 FMAs a cycle, 1 GHz */
     int lanes = avx512 ? 16 : 8;
     double best = INFINITY;
     volatile float sink = 0.0f;
-    for (int r = 0; r <= 5; r++) { /* r == 0 warms up (and lets the clock settle) */
+    for (int r = 0; r <= 10; r++) { /* r == 0 warms up (and lets the clock settle) */
         double t0 = cs_clock();
 #pragma omp parallel num_threads(nthreads)
         {
@@ -156,6 +158,7 @@ static double fma_peak(int avx512, int nthreads) {
         }
         double dt = cs_clock() - t0;
         if (r > 0 && dt < best) best = dt;
+        nanosleep(&(struct timespec){.tv_nsec = 50000000}, NULL);
     }
     (void)sink;
     return 2.0 * FMA_CHAINS * lanes * (double)iters * nthreads / best * 1e-9;
@@ -253,6 +256,7 @@ static double time_shape(const GemmShape *s, cblas_sgemm_fn ob, int nthreads, in
                  nthreads);
         double dt = cs_clock() - t0;
         if (r > 0 && dt < best) best = dt;
+        nanosleep(&(struct timespec){.tv_nsec = 50000000}, NULL);
     }
     free(a);
     free(b);

@@ -29,7 +29,6 @@ faster, each measured by scripts/bench against the plain run:
 The two variables must be in force before the process starts, so --tuned re-executes itself
 with them.
 """
-import contextlib
 import os
 import resource
 import statistics
@@ -182,19 +181,20 @@ def bench_sgemm():
 
 
 def bench_teacher(m, bf16=False):
-    """The teacher forward; bf16: under torch.autocast("cpu", torch.bfloat16), PyTorch's own
-    bf16 inference (its linear layers through oneDNN), the counterpart of bench.c's
-    teacher-bf16."""
+    """The teacher forward; bf16: the model and the images converted to torch.bfloat16, PyTorch's
+    own bf16 inference (its matrix products through oneDNN), the counterpart of bench.c's
+    teacher-bf16. (torch 1.13's autocast on CPU fails inside nn.MultiheadAttention: "expected
+    scalar type BFloat16 but found Float".)"""
     B, S, reps = 8, 224, 3
     model = m.build().eval()
     img = torch.randn(B, 3, S, S)
+    if bf16:
+        model, img = model.to(torch.bfloat16), img.to(torch.bfloat16)
     case = m.prefix + ("teacher_bf16" if bf16 else "teacher")
     print("== %s: %s image embedding, %dx%d, batch %d, inference%s, %d threads (%s) ==" % (
-        case, m.label, S, S, B, ", autocast bf16" if bf16 else "", threads(), tuning()))
+        case, m.label, S, S, B, ", bfloat16" if bf16 else "", threads(), tuning()))
     times = []
-    grad = torch.inference_mode() if TUNED else torch.no_grad()
-    cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with grad, cast:
+    with torch.inference_mode() if TUNED else torch.no_grad():
         model.forward_image(img)  # warm-up
         for _ in range(reps):
             t0 = time.perf_counter()
