@@ -26,11 +26,12 @@
  * Products: every block product has K = D = 64 or K = ATTN_BK, small for BLIS's packing and
  * call overhead (the former code, single-threaded BLIS per head with K = 64, ran at 17-25 %
  * of the 2-core AVX-512 peak; this one at ~50 %, B = 1, H = 12, D = 64, T = 197 and 4097,
- * measured on Zen 5, 2 threads). They are register-blocked AVX-512 micro-kernels (function-level target, chosen
- * at run time when the CPU has AVX-512F, D % 16 == 0 and the BLIS kernel set is not "generic"),
- * with portable C loops as the fallback (any D; CLIPSELF_KERNELS=generic selects them, so the
- * tests cover both). Q, V and the K rows of dQ += dS K are read in place from the (B, T, 3C)
- * qkv rows; K (and V in the backward) is packed transposed per key block. */
+ * measured on Zen 5, 2 threads). They are register-blocked AVX-512 micro-kernels
+ * (function-level target, chosen at run time when the CPU has AVX-512F, D % 16 == 0 and the
+ * BLIS kernel set is not "generic"), with portable C loops as the fallback (any D;
+ * CLIPSELF_KERNELS=generic selects them, so the tests cover both). Q, V and the K rows of
+ * dQ += dS K are read in place from the (B, T, 3C) qkv rows; K (and V in the backward) is
+ * packed transposed per key block. */
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>

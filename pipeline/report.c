@@ -51,6 +51,7 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
     GS(g, "det_size"), yajl_gen_integer(g, info->det_size);
     GS(g, "crop_size"), yajl_gen_integer(g, info->crop_size);
     GS(g, "max_images"), yajl_gen_integer(g, info->max_images);
+    GS(g, "precision"), GS(g, info->precision ? info->precision : "float32");
     GS(g, "images"), yajl_gen_integer(g, info->images);
     GS(g, "images_skipped"), yajl_gen_integer(g, info->images_skipped);
     GS(g, "segments"), yajl_gen_integer(g, info->segments);
@@ -199,6 +200,11 @@ static int check_tree(yajl_val root, const char *path, const ReportInfo *w) {
         CS_CHECK(have && !strcmp(have, want[i]), "%s: %s is %s%s%s, now %s", path, keys[i],
                  have ? "'" : "", have ? have : "absent", have ? "'" : "", want[i]);
     }
+    /* results written before the precision was recorded are float32 ones */
+    const char *prec = json_str(root, "precision");
+    const char *wprec = w->precision ? w->precision : "float32";
+    CS_CHECK(!strcmp(prec ? prec : "float32", wprec), "%s: precision is %s, now %s", path,
+             prec ? prec : "float32 (absent)", wprec);
     const char *ikeys[3] = {"det_size", "crop_size", "max_images"};
     int iwant[3] = {w->det_size, w->crop_size, w->max_images};
     for (int i = 0; i < 3; i++) {

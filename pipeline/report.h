@@ -19,6 +19,7 @@ typedef struct {
     const char *dataset;
     uint64_t classes_digest; /* file_digest() of the class embeddings used */
     int det_size, crop_size, max_images; /* the settings (max_images 0: all) */
+    const char *precision;  /* the blocks' precision: "float32" (NULL too) or "bfloat16" */
     int images, images_skipped, segments;
     double seconds;
     const char *skipped;    /* "image_id\treason\n" lines of the images left out */

@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
     if (verify) {
         ReportInfo want = {.label = label, .model_digest = model_digest, .dataset = name,
                            .classes_digest = classes_digest, .det_size = det, .crop_size = crop,
-                           .max_images = max_images};
+                           .max_images = max_images, .precision = bf16 ? "bfloat16" : "float32"};
         stage_verified(&st, st.rank == 0 ? report_check_json(out, &want) : 0, out);
     }
     if (bf16) {
@@ -241,6 +241,7 @@ int main(int argc, char **argv) {
                            .det_size = det,
                            .crop_size = crop,
                            .max_images = max_images,
+                           .precision = bf16 ? "bfloat16" : "float32",
                            .images = stats[0],
                            .images_skipped = stats[1],
                            .segments = stats[2],

@@ -88,6 +88,15 @@ d=$(metrics_diff "$T/ev32.json" "$T/ev16.json")
 echo "evaluate --bf16: largest difference to float32 ${d:-?} points" >>"$T/log"
 check "evaluate --bf16: every metric within 0.5 points of float32 (${d:-?})" \
   "$PY" -c "import sys; sys.exit(0 if '$d' and float('$d') <= 0.5 else 1)"
+check "evaluate: the results record their precision (float32, bfloat16)" "$PY" -c "
+import json, sys
+sys.exit(0 if [json.load(open(p)).get('precision') for p in sys.argv[1:]] == ['float32', 'bfloat16'] else 1)" \
+  "$T/ev32.json" "$T/ev16.json"
+"$BIN/evaluate" "${D[@]}" "${EV[@]}" --out "$T/ev32.json" --verify >/dev/null 2>&1
+check "evaluate --verify: float32 results are this float32 run's (exit 0)" test $? -eq 0
+"$BIN/evaluate" "${D[@]}" "${EV[@]}" --bf16 --out "$T/ev32.json" --verify >"$T/verify.txt" 2>&1
+check "evaluate --bf16 --verify of float32 results: not this run's (exit 2), naming the precision" \
+  test $? -eq 2 -a -n "$(grep precision "$T/verify.txt")"
 out=$("$BIN/embed_teacher" --help 2>&1)
 check "embed_teacher --help: says what --bf16 does" grep -q "bfloat16" <<<"$out"
 out=$("$BIN/evaluate" --help 2>&1)
