@@ -53,26 +53,36 @@ void adamw_update(float *p, const float *g, float *mom1, float *mom2, size_t n, 
     }
 }
 
-static void update_range(AdamW *opt, Vit *m, size_t begin, size_t end, float lr, float wd) {
-    if (end > begin)
-        adamw_update(m->params_mem + begin, m->grads_mem + begin, opt->m + begin, opt->v + begin,
-                     end - begin, lr, opt->cfg.beta1, opt->cfg.beta2, opt->cfg.eps, wd, opt->step);
+void adamw_begin_step(AdamW *opt) { opt->step++; }
+
+/* The update of params [a, b) (inside tensor i, whose decay applies) from g (g[0]: a's). */
+static void update_piece(AdamW *opt, Vit *m, size_t a, size_t b, const float *g, float lr,
+                         float wd) {
+    if (b > a)
+        adamw_update(m->params_mem + a, g, opt->m + a, opt->v + a, b - a, lr, opt->cfg.beta1,
+                     opt->cfg.beta2, opt->cfg.eps, wd, opt->step);
 }
 
-void adamw_step(AdamW *opt, Vit *m, float lr) {
-    opt->step++;
+void adamw_update_span(AdamW *opt, Vit *m, size_t begin, size_t end, const float *g, float lr) {
     for (int i = 0; i < VIT_NUM_TENSORS; i++) {
         if (m->frozen[i]) continue;
         const VitTensor *t = &m->tensors[i];
-        size_t o = t->offset, end = t->offset + t->numel;
+        size_t o = t->offset > begin ? t->offset : begin;
+        size_t e = t->offset + t->numel < end ? t->offset + t->numel : end;
+        if (o >= e) continue;
         float wd = t->decay ? opt->cfg.weight_decay : 0.0f;
         /* parts the backward never reaches stay untouched, as in PyTorch (vit.h: unreached) */
         for (int r = 0; r < m->num_unreached; r++) {
-            size_t u = m->unreached[r].offset;
-            if (u < o || u >= end) continue;
-            update_range(opt, m, o, u, lr, wd);
-            o = u + m->unreached[r].count;
+            size_t u = m->unreached[r].offset, ue = u + m->unreached[r].count;
+            if (ue <= o || u >= e) continue;
+            if (u > o) update_piece(opt, m, o, u, g + (o - begin), lr, wd);
+            o = ue;
         }
-        update_range(opt, m, o, end, lr, wd);
+        if (o < e) update_piece(opt, m, o, e, g + (o - begin), lr, wd);
     }
+}
+
+void adamw_step(AdamW *opt, Vit *m, float lr) {
+    adamw_begin_step(opt);
+    adamw_update_span(opt, m, 0, m->num_params, m->grads_mem, lr);
 }

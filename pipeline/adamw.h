@@ -32,6 +32,14 @@ double lr_at_step(double base_lr, long warmup, long total_steps, long step);
  * and so do the parts the last prepared mode's backward never reaches (Vit.unreached). */
 void adamw_step(AdamW *opt, Vit *m, float lr);
 
+/* adamw_step in parts, for an update spread over ranks (allreduce.h: grad_reduce_step):
+ * adamw_begin_step counts the step; adamw_update_span then updates the parameters
+ * [begin, end) of the flat buffer (and their moments) from the gradients g, g[0] being begin's,
+ * by adamw_step's rules (frozen tensors and unreached parts untouched, decay per tensor). Spans
+ * covering the buffer once give adamw_step's result bit for bit: the update is elementwise. */
+void adamw_begin_step(AdamW *opt);
+void adamw_update_span(AdamW *opt, Vit *m, size_t begin, size_t end, const float *g, float lr);
+
 /* The update of one contiguous range (exposed for tests). t is the 1-based step number. */
 void adamw_update(float *p, const float *g, float *mom1, float *mom2, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, long t);

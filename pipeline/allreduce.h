@@ -21,6 +21,19 @@
  * (fixed for a fixed bucketing, so runs and resumed runs are reproducible) and may differ from
  * the blocking calls' in the last bits; every rank gets the same result.
  *
+ * Sharded update (grad_reduce_shard, then grad_reduce_step in place of grad_reduce_finish and
+ * adamw_step): each in-place range is summed with MPI_Ireduce_scatter instead, rank q getting
+ * the sum of its share [n q / P, n (q + 1) / P) of the range's n floats; as each range's sum
+ * arrives, the rank runs AdamW on its share only (adamw_update_span) and starts an
+ * MPI_Iallgatherv of the updated parameters. The staged ranges (biases, norms) are summed whole
+ * and updated by every rank. So each rank does 1/P of the optimizer's memory traffic, overlapped
+ * with the sums still under way, and the messages are those of the allreduce it replaces (a
+ * reduce-scatter and an all-gather). On 2 ranks the parameters are bit for bit those of
+ * grad_reduce_finish + adamw_step (one rounded sum a + b, then the same elementwise update). A
+ * rank's moments are current only on its shares: grad_reduce_gather_moments makes them whole
+ * on every rank, as a checkpoint needs. After grad_reduce_step the gradient buffer holds
+ * partial sums and must not be read.
+ *
  * Threads: the hook calls MPI from vit_backward's calling thread, between OpenMP parallel
  * regions, so MPI must be initialised with at least MPI_THREAD_FUNNELED (stage_begin does). */
 #ifndef CLIPSELF_ALLREDUCE_H
@@ -29,6 +42,7 @@
 #include <mpi.h>
 #include <stddef.h>
 
+#include "adamw.h"
 #include "vit.h"
 
 /* The stages' bucket size (8 MB of floats) and the size under which a range is staged. */
@@ -60,6 +74,13 @@ typedef struct {
     int next;              /* buckets started this step */
     int drive;             /* 1: MPI_Testall in the hook (default); 0: only start buckets */
     int early;             /* buckets the hook started this step before the backward's end */
+    /* sharded update (grad_reduce_shard): NULL opt when off */
+    AdamW *opt;
+    Vit *model;
+    int rank;
+    int *counts, *displs;  /* (nranges, size) each range's shares */
+    int *req_of;           /* per request: range index, or -1 - bucket for a staged part */
+    MPI_Request *gathers;  /* one per in-place range */
 } GradReduce;
 
 /* Cut m's trainable gradients (call after freezing, with the gradients allocated) into
@@ -76,6 +97,16 @@ void grad_reduce_hook(void *arg, int done);
  * step: may be NULL), wait for everything, copy the staged ranges back. After it the gradients
  * are the sums over ranks, and r is ready for the next step. Collective over comm. */
 int grad_reduce_finish(GradReduce *r, float *extra, size_t nextra);
+/* Switch r to the sharded update with optimizer opt (for m, the model r was built on). Call
+ * before the first step, on every rank. */
+int grad_reduce_shard(GradReduce *r, AdamW *opt);
+/* The sharded grad_reduce_finish + adamw_step(opt, model, lr): start the buckets not started,
+ * update each share as its sum arrives, gather the parameters. On 1 rank: adamw_step.
+ * Collective over comm. */
+int grad_reduce_step(GradReduce *r, float lr);
+/* Make every rank's moments whole (each share's from its owner). Collective over comm; a no-op
+ * on 1 rank or without grad_reduce_shard. */
+int grad_reduce_gather_moments(GradReduce *r);
 /* Unhook the model (if given) and free r's buffers. */
 void grad_reduce_free(GradReduce *r, Vit *m);
 

@@ -5,8 +5,9 @@
  * RoIAlign, and scores it against the cached teacher embedding of that crop
  * (1 - mean cosine over all the global batch's boxes, so a step is the same on any split of the
  * batch over ranks; the reference's DDP averages each GPU's own mean instead). Gradients are
- * summed over ranks in buckets started while the backward runs (allreduce.h), then every rank
- * takes the same AdamW step, so the replicas stay identical.
+ * summed over ranks in buckets started while the backward runs, each rank takes the AdamW step
+ * of its share of the parameters, and the shares are gathered (allreduce.h: grad_reduce_step),
+ * so the replicas stay identical; the moments are gathered for each checkpoint.
  * After each epoch the model
  * saved is alpha * student + (1 - alpha) * teacher; training goes on from the student.
  * Checkpoints (parameters, AdamW moments, step) are written atomically every --save-every
@@ -166,8 +167,10 @@ int main(int argc, char **argv) {
     AdamWConfig ac = {lr, 0.9f, 0.999f, 1e-8f, wd};
     AdamW opt;
     stage_check(&st, adamw_init(&opt, &ac, student.num_params), NULL);
-    GradReduce gr; /* hooks the student's backward: the sums start block by block */
+    GradReduce gr; /* hooks the student's backward: the sums start block by block, and each
+                    * rank runs AdamW on its share of the parameters (allreduce.h) */
     stage_check(&st, grad_reduce_init(&gr, &student, GRAD_BUCKET_FLOATS, MPI_COMM_WORLD), NULL);
+    stage_check(&st, grad_reduce_shard(&gr, &opt), NULL);
 
     /* images usable for training: the teacher cache has their rows */
     uint8_t *valid = malloc((size_t)(tc.rows ? tc.rows : 1));
@@ -354,9 +357,8 @@ int main(int argc, char **argv) {
         clipself_loss_backward(&cl, ddense, (float)R / (float)Rg);
         vit_zero_grad(&student);
         stage_check(&st, vit_backward(&student, ddense, NULL), NULL);
-        stage_check(&st, grad_reduce_finish(&gr, NULL, 0), NULL);
         double lr_now = lr_at_step(lr, warmup, total, step);
-        adamw_step(&opt, &student, (float)lr_now);
+        stage_check(&st, grad_reduce_step(&gr, (float)lr_now), NULL);
         step++, steps_here++;
         double loss = 1.0 - cos_sum / Rg, rate = steps_here * G / (now_seconds() - t0);
         if (log) {
@@ -370,7 +372,9 @@ int main(int argc, char **argv) {
         int stop = stop_requested || (max_steps > 0 && step >= max_steps);
         MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         int epoch_end = step % per_epoch == 0;
-        if (st.rank == 0 && (step % save_every == 0 || step == total || stop)) {
+        int save = step % save_every == 0 || step == total || stop;
+        if (save) stage_check(&st, grad_reduce_gather_moments(&gr), NULL);
+        if (st.rank == 0 && save) {
             VitOptState os = {step, opt.m, opt.v};
             stage_check(&st, checkpoint_step_path(path, sizeof path, run, step), NULL);
             stage_check(&st, vit_save_h5(&student, path, &os), NULL);

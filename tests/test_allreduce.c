@@ -9,7 +9,9 @@
  * gradients of the blocking sums it replaced: one MPI_Allreduce per trainable tensor
  * (train_student's, the dense path with CLIPSelf's frozen tensors) or one over the whole
  * buffer (pretrain_teacher's, the image path, every tensor trained), and the extra buffer's
- * sum; both ranks hold the same result. Exact equality is the claim of allreduce.h on 2 ranks
+ * sum; both ranks hold the same result. The sharded update (each rank AdamW on its share, the
+ * parameters gathered) must give bit for bit the parameters and moments of the sum followed by
+ * adamw_step. Exact equality is the claim of allreduce.h on 2 ranks
  * (a + b is one rounding whatever the algorithm), so no tolerance. */
 #include <libgen.h>
 #include <mpi.h>
@@ -187,6 +189,86 @@ static void numeric(const char *preset, int mode, int rank) {
     vit_free(&m);
 }
 
+/* The sharded update (grad_reduce_step) against the path it replaces, grad_reduce_finish and
+ * adamw_step: three steps from the same parameters, with the moments gathered after the second
+ * (as a checkpoint does) and the third continuing from them. Parameters after every step and
+ * the gathered moments at the end must be equal bit for bit (allreduce.h's claim on 2 ranks:
+ * the same rounded sums, then the same elementwise update), on both ranks. */
+static void sharded(const char *preset, int mode, int rank) {
+    enum { STEPS = 3 };
+    Vit m;
+    VitConfig c;
+    char what[256], detail[512];
+    CS_DIE_IF_FAIL(vit_preset(&c, preset));
+    CS_DIE_IF_FAIL(vit_init(&m, &c));
+    vit_init_random(&m, 11);
+    CS_DIE_IF_FAIL(vit_alloc_grads(&m));
+    if (mode == VIT_DENSE) vit_freeze_clipself(&m);
+    CS_DIE_IF_FAIL(vit_prepare(&m, mode, B, S, S, 1));
+    size_t nout = mode == VIT_DENSE ? (size_t)B * m.gh * m.gw * c.embed : (size_t)B * c.embed;
+    size_t np = m.num_params, bytes = np * sizeof(float);
+    tu_rng = 0x7654321ull + (uint64_t)rank * 0x9E3779B97F4A7C15ull;
+    float *img = alloc_f((size_t)B * 3 * S * S), *dout = alloc_f(nout);
+    for (size_t i = 0; i < (size_t)B * 3 * S * S; i++) img[i] = frand();
+    for (size_t i = 0; i < nout; i++) dout[i] = frand();
+    float *p0 = alloc_f(np), *want = alloc_f(np * STEPS), *peer = alloc_f(np);
+    memcpy(p0, m.params_mem, bytes);
+    AdamWConfig ac = adamw_clipself_defaults();
+    ac.lr = 1e-3f;
+    size_t buckets[] = {1, 3000, GRAD_BUCKET_FLOATS, 0};
+    for (size_t k = 0; k < sizeof buckets / sizeof buckets[0]; k++) {
+        AdamW ref, opt;
+        GradReduce r;
+        CS_DIE_IF_FAIL(adamw_init(&ref, &ac, np));
+        CS_DIE_IF_FAIL(adamw_init(&opt, &ac, np));
+        memcpy(m.params_mem, p0, bytes);
+        CS_DIE_IF_FAIL(grad_reduce_init(&r, &m, buckets[k], MPI_COMM_WORLD));
+        for (int t = 0; t < STEPS; t++) {
+            backward(&m, img, dout);
+            CS_DIE_IF_FAIL(grad_reduce_finish(&r, NULL, 0));
+            adamw_step(&ref, &m, (float)lr_at_step(ac.lr, 1, 10, t));
+            memcpy(want + (size_t)t * np, m.params_mem, bytes);
+        }
+        grad_reduce_free(&r, &m);
+        memcpy(m.params_mem, p0, bytes);
+        CS_DIE_IF_FAIL(grad_reduce_init(&r, &m, buckets[k], MPI_COMM_WORLD));
+        CS_DIE_IF_FAIL(grad_reduce_shard(&r, &opt));
+        int inplace = 0;
+        for (int j = 0; j < r.nranges; j++) inplace += r.ranges[j].staged == (size_t)-1;
+        snprintf(what, sizeof what, "%s %s, buckets of %zu floats: sharded AdamW", preset,
+                 mode == VIT_DENSE ? "dense (frozen)" : "image (all)", buckets[k]);
+        snprintf(detail, sizeof detail, "%d of %d ranges are summed in place (shared out)",
+                 inplace, r.nranges);
+        tu_check(inplace > 0, what, detail);
+        for (int t = 0; t < STEPS; t++) {
+            backward(&m, img, dout);
+            int rc = grad_reduce_step(&r, (float)lr_at_step(ac.lr, 1, 10, t));
+            if (rc == 0 && t == 1) rc = grad_reduce_gather_moments(&r);
+            size_t diff = 0;
+            for (size_t i = 0; i < np; i++)
+                diff += memcmp(&m.params_mem[i], &want[(size_t)t * np + i], sizeof(float)) != 0;
+            memcpy(peer, m.params_mem, bytes);
+            MPI_Bcast(peer, (int)np, MPI_FLOAT, 0, MPI_COMM_WORLD);
+            snprintf(detail, sizeof detail, "step %d: rc %d (%s); %zu of %zu parameters differ "
+                     "from finish + adamw_step; ranks %s", t + 1, rc, rc ? cs_error() : "", diff,
+                     np, memcmp(peer, m.params_mem, bytes) ? "differ" : "agree");
+            tu_check(rc == 0 && diff == 0 && !memcmp(peer, m.params_mem, bytes), what, detail);
+        }
+        int rc = grad_reduce_gather_moments(&r);
+        snprintf(detail, sizeof detail, "gather rc %d; first moments %s, second moments %s, "
+                 "step %ld (want %ld)", rc, memcmp(opt.m, ref.m, bytes) ? "differ" : "equal",
+                 memcmp(opt.v, ref.v, bytes) ? "differ" : "equal", opt.step, ref.step);
+        tu_check(rc == 0 && !memcmp(opt.m, ref.m, bytes) && !memcmp(opt.v, ref.v, bytes) &&
+                     opt.step == ref.step, what, detail);
+        tu_check(grad_reduce_finish(&r, NULL, 0) != 0, what,
+                 "grad_reduce_finish refuses a sharded GradReduce");
+        grad_reduce_free(&r, &m);
+        adamw_free(&ref), adamw_free(&opt);
+    }
+    free(img), free(dout), free(p0), free(want), free(peer);
+    vit_free(&m);
+}
+
 /* One rank: the sum is the buffer itself, and nothing waits. */
 static void one_rank(void) {
     Vit m;
@@ -210,7 +292,28 @@ static void one_rank(void) {
                  x[1] == 2 && x[2] == 3,
              "one rank: the gradients and the extra buffer are left as they are", NULL);
     grad_reduce_free(&r, &m);
-    free(img), free(dout), free(want);
+    /* and the sharded step is adamw_step */
+    AdamWConfig ac = adamw_clipself_defaults();
+    AdamW ref, opt;
+    CS_DIE_IF_FAIL(adamw_init(&ref, &ac, m.num_params));
+    CS_DIE_IF_FAIL(adamw_init(&opt, &ac, m.num_params));
+    float *p0 = alloc_f(m.num_params);
+    memcpy(p0, m.params_mem, m.num_params * sizeof(float));
+    backward(&m, img, dout);
+    adamw_step(&ref, &m, 1e-3f);
+    memcpy(want, m.params_mem, m.num_params * sizeof(float));
+    memcpy(m.params_mem, p0, m.num_params * sizeof(float));
+    CS_DIE_IF_FAIL(grad_reduce_init(&r, &m, 1, MPI_COMM_WORLD));
+    CS_DIE_IF_FAIL(grad_reduce_shard(&r, &opt));
+    backward(&m, img, dout);
+    int rc = grad_reduce_step(&r, 1e-3f);
+    rc = rc ? rc : grad_reduce_gather_moments(&r);
+    tu_check(rc == 0 && !memcmp(want, m.params_mem, m.num_params * sizeof(float)) &&
+                 !memcmp(ref.m, opt.m, m.num_params * sizeof(float)),
+             "one rank: grad_reduce_step is adamw_step", rc ? cs_error() : NULL);
+    grad_reduce_free(&r, &m);
+    adamw_free(&ref), adamw_free(&opt);
+    free(img), free(dout), free(want), free(p0);
     vit_free(&m);
 }
 
@@ -243,6 +346,9 @@ int main(int argc, char **argv) {
     numeric("tiny", VIT_IMAGE, rank);
     numeric("eva-tiny", VIT_DENSE, rank);
     numeric("eva-tiny", VIT_IMAGE, rank);
+    sharded("tiny", VIT_DENSE, rank);
+    sharded("tiny", VIT_IMAGE, rank);
+    sharded("eva-tiny", VIT_DENSE, rank);
     int failed = tu_failed, passed = tu_passed;
     MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, &passed, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
