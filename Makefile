@@ -70,7 +70,7 @@ LDLIBS := $(BLIS_LIB) $(shell pkg-config --libs $(PKGS) 2>/dev/null) -ldnnl \
           -lpthread $(LDLIBS)
 
 # ---- the library -------------------------------------------------------------------------
-LIB_SRC := $(wildcard pipeline/*.c)
+LIB_SRC := $(wildcard pipeline/*/*.c)
 LIB_OBJ := $(patsubst pipeline/%.c,$(BUILD)/obj/%.o,$(LIB_SRC))
 LIB := $(BUILD)/libclipself.a
 

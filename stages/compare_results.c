@@ -13,11 +13,12 @@
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_tree.h>
 
-#include "check.h"
-#include "regioneval.h"
-#include "report.h"
-#include "rng.h"
-#include "stage.h"
+#include "base/check.h"
+#include "base/fileio.h"
+#include "base/rng.h"
+#include "base/stage.h"
+#include "method/regioneval.h"
+#include "results/report.h"
 
 enum { NMETRICS = EVAL_METHODS * 2 * 2 };
 static const char *const kinds[2] = {"thing", "stuff"};
@@ -180,40 +181,20 @@ static void manifest_free(Manifest *mf) {
 /* Read a whole file; returns NULL with *missing set when it does not exist, or NULL with the
  * reason in why otherwise. */
 static char *slurp(const char *path, int *missing, char *why, size_t whylen) {
+    char *text;
+    size_t n;
     *missing = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (errno == ENOENT) *missing = 1;
+    if (file_read_all(path, "results JSON", &text, &n) != 0) {
+        *missing = errno == ENOENT;
         snprintf(why, whylen, "unreadable: %s", strerror(errno));
         return NULL;
     }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n + 65536 + 1 > cap) {
-            cap = cap ? 2 * cap : 65536 + 1;
-            char *grown = realloc(buf, cap);
-            if (!grown) {
-                snprintf(why, whylen, "unreadable: out of memory");
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = grown;
-        }
-        size_t k = fread(buf + n, 1, 65536, f);
-        n += k;
-        if (k < 65536) break;
-    }
-    int err = ferror(f) ? errno : 0;
-    fclose(f);
-    if (err || memchr(buf, '\0', n)) {
-        snprintf(why, whylen, "unreadable: %s", err ? strerror(err) : "not a text file");
-        free(buf);
+    if (memchr(text, '\0', n)) {
+        snprintf(why, whylen, "unreadable: not a text file");
+        free(text);
         return NULL;
     }
-    buf[n] = '\0';
-    return buf;
+    return text;
 }
 
 /* Fill e from its result file; returns the reason (in why) it is unusable, or NULL. */
@@ -633,7 +614,7 @@ static int json(const char *path, const Manifest *mf, const char **benches, int 
         memcpy(text, buf, len); /* ending in a newline */
         text[len] = '\n', text[len + 1] = '\0';
         if (len && buf[len - 1] == '\n') text[len] = '\0';
-        rc = report_write_text(path, text);
+        rc = file_write_text(path, text);
     }
     free(text);
     yajl_gen_free(g);
@@ -712,7 +693,7 @@ int main(int argc, char **argv) {
         }
         snprintf(md_path, plen, "%s.md", out);
         snprintf(json_path, plen, "%s.json", out);
-        stage_check(&st, report_write_text(md_path, md.s), NULL);
+        stage_check(&st, file_write_text(md_path, md.s), NULL);
         stage_check(&st, json(json_path, &mf, benches, nb, labels, nl), NULL);
         printf("%s\n", md.s);
         if (nbad) {

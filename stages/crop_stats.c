@@ -13,15 +13,16 @@
 #include <string.h>
 #include <yajl/yajl_tree.h>
 
-#include "check.h"
-#include "classes.h"
-#include "coco.h"
-#include "cropfile.h"
-#include "image.h"
-#include "regioneval.h"
-#include "report.h"
-#include "stage.h"
-#include "teachercache.h"
+#include "base/check.h"
+#include "base/fileio.h"
+#include "base/stage.h"
+#include "io/classes.h"
+#include "io/coco.h"
+#include "io/cropfile.h"
+#include "io/image.h"
+#include "io/teachercache.h"
+#include "method/regioneval.h"
+#include "results/report.h"
 
 enum { G_WHOLE, G_FRAGMENT, G_STUFF, G_NUM };
 static const char *const group_names[G_NUM] = {"whole object", "fragment", "stuff only"};
@@ -60,17 +61,9 @@ static int classify_box(const float *b, const uint32_t *ids, int w, int h,
 
 /* per_class rois_top1 / samples of a results JSON into acc (K), NaN without samples. */
 static int rois_per_class(const char *path, int K, double *acc) {
-    size_t n = 0;
-    FILE *f = fopen(path, "rb");
-    CS_CHECK(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)len + 1);
-    if (text) n = fread(text, 1, (size_t)len, f);
-    fclose(f);
-    CS_CHECK(text && n == (size_t)len, "cannot read %s", path);
-    text[len] = '\0';
+    char *text;
+    size_t n;
+    CS_TRY(file_read_all(path, "results JSON", &text, &n));
     char err[256];
     yajl_val root = yajl_tree_parse(text, err, sizeof err);
     free(text);
@@ -210,7 +203,7 @@ int main(int argc, char **argv) {
             free(a), free(b);
         }
         printf("%s", rep);
-        if (out) stage_check(&st, report_write_text(out, rep), NULL);
+        if (out) stage_check(&st, file_write_text(out, rep), NULL);
         free(emb), free(valid), free(logits);
         teacher_cache_close(&tc);
         classes_free(&ce);

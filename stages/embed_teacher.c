@@ -1,5 +1,5 @@
 /* embed_teacher: the frozen teacher's image embedding of every crop of crops.h5, computed once
- * into teacher.h5 (pipeline/teachercache.h) for every training run to reuse.
+ * into teacher.h5 (pipeline/io/teachercache.h) for every training run to reuse.
  *
  * Work is cut into chunks of --chunk consecutive images; chunk c is done by array task
  * c % shards == shard and, within the task, by rank (c / shards) % size. Each image is decoded
@@ -17,18 +17,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "coco.h"
-#include "cropfile.h"
-#include "datasets.h"
-#include "digest.h"
-#include "image.h"
-#include "progress.h"
-#include "stage.h"
-#include "teachercache.h"
-#include "vit.h"
-#include "vit_bf16.h"
+#include "base/check.h"
+#include "base/digest.h"
+#include "base/progress.h"
+#include "base/stage.h"
+#include "io/checkpoint.h"
+#include "io/coco.h"
+#include "io/cropfile.h"
+#include "io/datasets.h"
+#include "io/image.h"
+#include "io/teachercache.h"
+#include "model/vit.h"
+#include "model/vit_bf16.h"
 
 typedef struct {
     Vit *model;

@@ -1,7 +1,7 @@
 /* embed_text: class embeddings from a CLIP text tower: for every class, each prompt (class name
- * x template, pipeline/prompts.h) is tokenized, encoded and L2-normalised; the prompts are
+ * x template, pipeline/text/prompts.h) is tokenized, encoded and L2-normalised; the prompts are
  * averaged and the mean renormalised, as the reference does. The result is the class-embedding
- * file that evaluate reads (pipeline/classes.h). Classes are split over ranks (class k on rank
+ * file that evaluate reads (pipeline/io/classes.h). Classes are split over ranks (class k on rank
  * k % size, all of a class's prompts in one batch); rank 0 writes the file atomically. */
 #include <limits.h>
 #include <stdint.h>
@@ -11,17 +11,17 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "classes.h"
-#include "coco.h"
-#include "datasets.h"
-#include "digest.h"
-#include "ops.h"
-#include "progress.h"
-#include "prompts.h"
-#include "stage.h"
-#include "textenc.h"
-#include "tokenizer.h"
+#include "base/check.h"
+#include "base/digest.h"
+#include "base/progress.h"
+#include "base/stage.h"
+#include "io/classes.h"
+#include "io/coco.h"
+#include "io/datasets.h"
+#include "model/ops.h"
+#include "text/prompts.h"
+#include "text/textenc.h"
+#include "text/tokenizer.h"
 
 #define BPE_FILE "data/clip/bpe_simple_vocab_16e6.txt.gz"
 

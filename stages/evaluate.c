@@ -1,29 +1,30 @@
-/* evaluate: region recognition on a COCO panoptic dataset (pipeline/regioneval.h): rois,
+/* evaluate: region recognition on a COCO panoptic dataset (pipeline/method/regioneval.h): rois,
  * crops and maskpool, thing and stuff, Top-1/Top-5 mAcc. Images are split over ranks and the
  * per-class tallies summed; rank 0 writes the results JSON and a markdown table. With
- * --pictures, the first images also get a PNG each (pipeline/picture.h), drawn by the rank that
+ * --pictures, the first images also get a PNG each (results/picture.h), drawn by the rank that
  * evaluates them; pictures cost nothing without it and never change the results. With --bf16
- * the model's transformer blocks run in bfloat16 (pipeline/vit_bf16.h) for the full images and
+ * the model's transformer blocks run in bfloat16 (model/vit_bf16.h) for the full images and
  * the crops alike. */
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "classes.h"
-#include "coco.h"
-#include "datasets.h"
-#include "digest.h"
-#include "image.h"
-#include "picture.h"
-#include "progress.h"
-#include "regioneval.h"
-#include "report.h"
-#include "stage.h"
-#include "vit.h"
-#include "vit_bf16.h"
+#include "base/check.h"
+#include "base/digest.h"
+#include "base/fileio.h"
+#include "base/progress.h"
+#include "base/stage.h"
+#include "io/checkpoint.h"
+#include "io/classes.h"
+#include "io/coco.h"
+#include "io/datasets.h"
+#include "io/image.h"
+#include "method/regioneval.h"
+#include "model/vit.h"
+#include "model/vit_bf16.h"
+#include "results/picture.h"
+#include "results/report.h"
 
 /* The default label: the model file's name without directory and extension. */
 static void default_label(char *dst, size_t len, const char *model_path) {
@@ -253,7 +254,7 @@ int main(int argc, char **argv) {
         char md[4200];
         stage_check(&st, report_markdown(table, sizeof table, &info, macc), NULL);
         snprintf(md, sizeof md, "%s.md", out);
-        stage_check(&st, report_write_text(md, table), NULL);
+        stage_check(&st, file_write_text(md, table), NULL);
         printf("%s\nevaluate: %d images (%d skipped), %d segments in %.1f s; wrote %s and %s\n",
                table, stats[0], stats[1], stats[2], info.seconds, out, md);
     }

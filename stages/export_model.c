@@ -7,11 +7,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "safetensors.h"
-#include "stage.h"
-#include "vit.h"
+#include "base/check.h"
+#include "base/stage.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "model/vit.h"
 
 /* 0 when path loads back to exactly m (config and every parameter). */
 static int same_model(const Vit *m, const char *path) {

@@ -7,13 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "h5util.h"
-#include "ops.h"
-#include "progress.h"
-#include "stage.h"
-#include "vit.h"
+#include "base/check.h"
+#include "base/progress.h"
+#include "base/stage.h"
+#include "io/checkpoint.h"
+#include "io/h5util.h"
+#include "model/ops.h"
+#include "model/vit.h"
 
 /* Image i as a smooth pattern plus noise, a function of i alone (any rank count gives the same
  * images). img (3, H, W). */

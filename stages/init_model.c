@@ -4,11 +4,11 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "ops.h"
-#include "stage.h"
-#include "vit.h"
+#include "base/check.h"
+#include "base/stage.h"
+#include "io/checkpoint.h"
+#include "model/ops.h"
+#include "model/vit.h"
 
 int main(int argc, char **argv) {
     Stage st;

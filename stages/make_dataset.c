@@ -1,4 +1,4 @@
-/* make_dataset: write the synthetic COCO world of pipeline/synth.h (train images with COCO
+/* make_dataset: write the synthetic COCO world of pipeline/world/synth.h (train images with COCO
  * instances, val images with COCO panoptic annotations). Rank r renders the images i with
  * i % size == r; rank 0 gathers the fixed-size annotation records and writes the JSON files.
  * The output is the same bytes for any number of ranks. */
@@ -7,10 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "check.h"
-#include "progress.h"
-#include "stage.h"
-#include "synth.h"
+#include "base/check.h"
+#include "base/progress.h"
+#include "base/stage.h"
+#include "world/synth.h"
 
 /* Gather every rank's records and RLE strings on rank 0 into all: records grouped by rank, the
  * RLE strings in the same order. */

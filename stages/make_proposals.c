@@ -1,5 +1,5 @@
 /* make_proposals: class-agnostic proposals for sample_crops --proposals, made from a COCO
- * instances file's ground-truth boxes (jittered, plus random boxes; pipeline/proposals.h).
+ * instances file's ground-truth boxes (jittered, plus random boxes; pipeline/method/proposals.h).
  * They name no class but do sit on every object, so they are a flattering upper bound of a
  * trained region-proposal network's output: the demo uses them, labelled as such. Real users
  * bring RPN proposals (tools/convert_proposals.py turns detectron2's and mmdet's files into
@@ -7,11 +7,11 @@
 #include <mpi.h>
 #include <stdio.h>
 
-#include "check.h"
-#include "coco.h"
-#include "datasets.h"
-#include "proposals.h"
-#include "stage.h"
+#include "base/check.h"
+#include "base/stage.h"
+#include "io/coco.h"
+#include "io/datasets.h"
+#include "method/proposals.h"
 
 int main(int argc, char **argv) {
     Stage st;

@@ -27,7 +27,7 @@
  * target.
  *
  * Model: the ViT's image embedding against a learned matrix of class embeddings, both
- * L2-normalised, logits scaled by a learned exp(log_scale) (pipeline/contrastive.h); the loss
+ * L2-normalised, logits scaled by a learned exp(log_scale) (method/contrastive.h); the loss
  * is the mean over the global batch, so a step is the same on any split of it over ranks.
  * Gradients are summed over ranks (the ViT's flat buffer in buckets started while its backward
  * runs, allreduce.h; the class embeddings, the scale and the step's tallies with the last of
@@ -50,20 +50,23 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "adamw.h"
-#include "allreduce.h"
-#include "check.h"
-#include "checkpoint.h"
-#include "classes.h"
-#include "coco.h"
-#include "contrastive.h"
-#include "datasets.h"
-#include "digest.h"
-#include "image.h"
-#include "ops.h"
-#include "progress.h"
-#include "stage.h"
-#include "vit.h"
+#include "base/check.h"
+#include "base/digest.h"
+#include "base/fileio.h"
+#include "base/geometry.h"
+#include "base/progress.h"
+#include "base/rng.h"
+#include "base/stage.h"
+#include "io/checkpoint.h"
+#include "io/classes.h"
+#include "io/coco.h"
+#include "io/datasets.h"
+#include "io/image.h"
+#include "method/contrastive.h"
+#include "model/adamw.h"
+#include "model/allreduce.h"
+#include "model/ops.h"
+#include "model/vit.h"
 
 #define MIN_SIDE 2 /* px: a thinner box could round to an empty crop */
 
@@ -94,36 +97,24 @@ enum {
     TALLIES
 };
 
-static uint64_t mix64(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in [0, 1): draw j of a sample's jitter in an epoch, a function of its key alone. */
 static double jitter(unsigned long long seed, int epoch, int sample, int j) {
-    uint64_t k = mix64(mix64(mix64(seed + 0x9E3779B97F4A7C15ULL) + (uint64_t)epoch) +
-                       (uint64_t)sample);
-    return (double)(mix64(k + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
+    uint64_t k = rng_mix64(rng_mix64(seed + 0x9E3779B97F4A7C15ULL) + (uint64_t)epoch);
+    k = rng_mix64(k + (uint64_t)sample);
+    return (double)(rng_mix64(k + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
 }
 
 /* Uniform in [0, 1): draw j of random box k of image in an epoch. */
 static double box_draw(unsigned long long seed, int epoch, int image, int k, int j) {
-    uint64_t z = mix64(mix64(mix64(mix64(seed ^ 0xB0C5B0C5B0C5ULL) + (uint64_t)epoch) +
-                             (uint64_t)image) + (uint64_t)k);
-    return (double)(mix64(z + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
+    uint64_t z = rng_mix64(rng_mix64(seed ^ 0xB0C5B0C5B0C5ULL) + (uint64_t)epoch);
+    z = rng_mix64(rng_mix64(z + (uint64_t)image) + (uint64_t)k);
+    return (double)(rng_mix64(z + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
 }
 
-/* splitmix64 keyed shuffle of 0..n-1 for an epoch: a function of (seed, epoch). */
+/* 0..n-1 in the order of an epoch: a function of (seed, epoch). */
 static void epoch_order(int *order, int n, unsigned long long seed, int epoch) {
-    unsigned long long s = seed * 0x9E3779B97F4A7C15ULL + (unsigned long long)epoch + 1;
     for (int i = 0; i < n; i++) order[i] = i;
-    for (int i = n - 1; i > 0; i--) {
-        uint64_t z = mix64(s += 0x9E3779B97F4A7C15ULL);
-        int j = (int)(z % (unsigned long long)(i + 1)), t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
+    rng_shuffle_epoch(order, n, seed, epoch);
 }
 
 /* Every segment with a box of at least 8x8 px of area (evaluate's rule) and MIN_SIDE px a side,
@@ -200,8 +191,7 @@ static int cmp_slot(const void *a, const void *b) {
 
 /* Python's round() (half to even) of a box corner, clipped to [0, hi]: image_crop's rounding. */
 static int round_corner(double x, int hi) {
-    double f = floor(x), d = x - f;
-    if (d > 0.5 || (d == 0.5 && fmod(f, 2.0) != 0.0)) f += 1.0;
+    double f = geom_round_half_even(x);
     return f < 0.0 ? 0 : f > hi ? hi : (int)f;
 }
 
@@ -360,20 +350,12 @@ static int write_outputs_record(const char *run, const char *signature, const ch
     uint64_t d1, d2;
     CS_TRY(file_digest(&d1, out));
     CS_TRY(file_digest(&d2, classes_out));
-    char path[4200], tmp[4300];
+    char path[4200], text[8192];
     snprintf(path, sizeof path, "%s/outputs.txt", run);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    CS_CHECK(f, "cannot write %s: %s", tmp, strerror(errno));
-    int bad = fprintf(f, "%smodel=%016llx classes=%016llx\n", signature, (unsigned long long)d1,
-                      (unsigned long long)d2) < 0;
-    bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        unlink(tmp);
-        CS_FAIL("cannot write %s: %s", path, strerror(errno));
-    }
-    return 0;
+    int n = snprintf(text, sizeof text, "%smodel=%016llx classes=%016llx\n", signature,
+                     (unsigned long long)d1, (unsigned long long)d2);
+    CS_CHECK(n > 0 && (size_t)n < sizeof text, "%s: the settings signature is too long", path);
+    return file_write_text(path, text);
 }
 
 /* --verify: both outputs load, and outputs.txt says a finished run with this signature made
@@ -422,11 +404,11 @@ static void head_extras(CheckpointExtra x[7], float *head, float *m, float *v, f
 
 /* Normal N(0, 1/E) class embeddings (Box-Muller on splitmix64), a function of the seed. */
 static void init_class_embeddings(float *cls, int K, int E, unsigned long long seed) {
-    uint64_t s = mix64(seed ^ 0x5EED0C1A55E5ULL);
+    uint64_t s = rng_mix64(seed ^ 0x5EED0C1A55E5ULL);
     float sd = 1.0f / sqrtf((float)E);
     for (long i = 0; i < (long)K * E; i += 2) {
-        double u1 = ((double)(mix64(s += 0x9E3779B97F4A7C15ULL) >> 11) + 0.5) * 0x1.0p-53;
-        double u2 = (double)(mix64(s += 0x9E3779B97F4A7C15ULL) >> 11) * 0x1.0p-53;
+        double u1 = rng_uniform(&s); /* (0, 1): the log's argument */
+        double u2 = (double)(rng_next(&s) >> 11) * 0x1.0p-53; /* [0, 1) */
         double r = sqrt(-2.0 * log(u1));
         cls[i] = sd * (float)(r * cos(2.0 * M_PI * u2));
         if (i + 1 < (long)K * E) cls[i + 1] = sd * (float)(r * sin(2.0 * M_PI * u2));
@@ -673,7 +655,7 @@ int main(int argc, char **argv) {
         vit_free(&back);
         if (st.rank == 0) printf("pretrain_teacher: resumed from %s (step %ld)\n", path, step);
     } else {
-        vit_init_random(&m, mix64((unsigned long long)seed + 1));
+        vit_init_random(&m, rng_mix64((unsigned long long)seed + 1));
         init_class_embeddings(head, K, E, (unsigned long long)seed);
         head[ke] = logf(logit_scale);
     }

@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "classes.h"
-#include "coco.h"
-#include "datasets.h"
-#include "stage.h"
+#include "base/check.h"
+#include "base/stage.h"
+#include "io/classes.h"
+#include "io/coco.h"
+#include "io/datasets.h"
 
 int main(int argc, char **argv) {
     Stage st;

@@ -1,5 +1,5 @@
 /* sample_crops: draw every epoch's crops for every training image, up front and from a seed,
- * and write crops.h5 (pipeline/cropfile.h): grid tiles, or with --proposals the boxes of a
+ * and write crops.h5 (pipeline/io/cropfile.h): grid tiles, or with --proposals the boxes of a
  * COCO-format proposals file (the reference's proposals_distill mode). Ranks split the images; the output is the
  * same whatever the number of ranks. As a Slurm job array, task s of S writes shard s
  * (--shard s --shards S) to <out>.parts/ and a final --join step writes <out>, the same file
@@ -11,14 +11,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "check.h"
-#include "coco.h"
-#include "cropfile.h"
-#include "crops.h"
-#include "datasets.h"
-#include "digest.h"
-#include "progress.h"
-#include "stage.h"
+#include "base/check.h"
+#include "base/digest.h"
+#include "base/progress.h"
+#include "base/stage.h"
+#include "io/coco.h"
+#include "io/cropfile.h"
+#include "io/datasets.h"
+#include "method/crops.h"
 
 int main(int argc, char **argv) {
     Stage st;

@@ -24,20 +24,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "adamw.h"
-#include "allreduce.h"
-#include "check.h"
-#include "checkpoint.h"
-#include "clipself.h"
-#include "coco.h"
-#include "cropfile.h"
-#include "datasets.h"
-#include "digest.h"
-#include "image.h"
-#include "progress.h"
-#include "stage.h"
-#include "teachercache.h"
-#include "vit.h"
+#include "base/check.h"
+#include "base/digest.h"
+#include "base/progress.h"
+#include "base/rng.h"
+#include "base/stage.h"
+#include "io/checkpoint.h"
+#include "io/coco.h"
+#include "io/cropfile.h"
+#include "io/datasets.h"
+#include "io/image.h"
+#include "io/teachercache.h"
+#include "method/clipself.h"
+#include "method/crops.h"
+#include "model/adamw.h"
+#include "model/allreduce.h"
+#include "model/vit.h"
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) {
@@ -45,19 +47,10 @@ static void on_signal(int sig) {
     stop_requested = 1;
 }
 
-/* splitmix64 keyed shuffle of the usable images for an epoch: a function of (seed, epoch). */
+/* The usable images in the order of an epoch: a function of (seed, epoch). */
 static void epoch_order(int *order, const int *usable, int n, unsigned long long seed, int epoch) {
-    unsigned long long s = seed * 0x9E3779B97F4A7C15ULL + (unsigned long long)epoch + 1;
     for (int i = 0; i < n; i++) order[i] = usable[i];
-    for (int i = n - 1; i > 0; i--) {
-        unsigned long long z = (s += 0x9E3779B97F4A7C15ULL);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z ^= z >> 31;
-        int j = (int)(z % (unsigned long long)(i + 1)), t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
+    rng_shuffle_epoch(order, n, seed, epoch);
 }
 
 /* out = alpha * a + (1 - alpha) * b over the flat buffers */

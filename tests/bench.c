@@ -36,13 +36,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "adamw.h"
-#include "check.h"
-#include "clipself.h"
-#include "ops.h"
-#include "timing.h"
-#include "vit.h"
-#include "vit_bf16.h"
+#include "base/check.h"
+#include "base/timing.h"
+#include "method/clipself.h"
+#include "model/adamw.h"
+#include "model/ops.h"
+#include "model/vit.h"
+#include "model/vit_bf16.h"
 
 #define BOXES 16
 

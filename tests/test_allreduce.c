@@ -17,10 +17,10 @@
 #include <mpi.h>
 #include <unistd.h>
 
-#include "adamw.h"
-#include "allreduce.h"
+#include "model/adamw.h"
+#include "model/allreduce.h"
 #include "testutil.h"
-#include "vit.h"
+#include "model/vit.h"
 
 enum { NEXTRA = 1000, B = 2, S = 64 };
 

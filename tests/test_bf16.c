@@ -1,4 +1,4 @@
-/* test_bf16: the bf16 teacher pass (pipeline/bf16.h, pipeline/vit_bf16.h).
+/* test_bf16: the bf16 teacher pass (pipeline/model/bf16.h, pipeline/model/vit_bf16.h).
  *   - bf16_from_float rounds to nearest even (ties, NaN, infinities, every value's neighbours);
  *   - bf16_linear_forward against a float64 product of the same bf16-rounded inputs, with a
  *     per-element bound (float accumulation, the bias, the fused activation or residual add,
@@ -14,9 +14,9 @@
 #include <string.h>
 
 #include "testutil.h"
-#include "bf16.h"
-#include "vit.h"
-#include "vit_bf16.h"
+#include "model/bf16.h"
+#include "model/vit.h"
+#include "model/vit_bf16.h"
 
 static const double U32 = 5.9604644775390625e-08; /* 2^-24, float's unit roundoff */
 static const double UBF = 3.90625e-03; /* 2^-8, bf16's: 8 significant bits (7 stored + 1) */

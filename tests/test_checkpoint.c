@@ -13,12 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "checkpoint.h"
-#include "ops.h"
-#include "safetensors.h"
+#include "base/check.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "model/ops.h"
 #include "testutil.h"
-#include "vit.h"
+#include "model/vit.h"
 
 static const VitConfig TINY = {.width = 64, .layers = 2, .heads = 4, .mlp = 256, .embed = 32,
                                .patch = 8, .grid = 8, .act = ACT_GELU, .ln_eps = 1e-5f};

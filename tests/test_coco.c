@@ -18,9 +18,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "coco.h"
-#include "datasets.h"
+#include "base/check.h"
+#include "io/coco.h"
+#include "io/datasets.h"
 #include "testutil.h"
 
 static char tmpdir[] = "/tmp/test_coco.XXXXXX";

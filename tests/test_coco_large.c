@@ -19,8 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "coco.h"
+#include "base/check.h"
+#include "io/coco.h"
 #include "testutil.h"
 
 #define N_IMAGES 118287

@@ -1,4 +1,4 @@
-/* test_contrastive.c: the pretraining loss of pipeline/contrastive.h checked three ways:
+/* test_contrastive.c: the pretraining loss of pipeline/method/contrastive.h checked three ways:
  *   - against PyTorch: loss and autograd gradients of img, cls and log_scale on the cases of
  *     tests/reference/contrastive_ref.py (the fixture file is argv[1], else
  *     $FIXTURES/contrastive.h5; tests/test_pretrain.sh writes it and runs this program on it;
@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#include "contrastive.h"
+#include "method/contrastive.h"
 #include "testutil.h"
 
 

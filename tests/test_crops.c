@@ -7,7 +7,7 @@
  * the reference computes in float32 and in Python floats. */
 #include <stdint.h>
 
-#include "crops.h"
+#include "method/crops.h"
 #include "testutil.h"
 
 static void same_f(const char *label, const float *got, const float *want, size_t n) {

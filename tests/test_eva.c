@@ -20,14 +20,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "adamw.h"
-#include "check.h"
-#include "checkpoint.h"
-#include "clipself.h"
-#include "ops.h"
+#include "base/check.h"
+#include "io/checkpoint.h"
+#include "method/clipself.h"
+#include "model/adamw.h"
+#include "model/ops.h"
 #include "testutil.h"
 #include "vitcheck.h"
-#include "vit.h"
+#include "model/vit.h"
 
 /* Every element of the k third of each block's qkv bias (of params or grads) is exactly 0. */
 static int kbias_zero(const Vit *m, const float *buf) {

@@ -16,8 +16,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "check.h"
-#include "image.h"
+#include "base/check.h"
+#include "io/image.h"
 #include "testutil.h"
 
 static hid_t fx; /* image.h5 */

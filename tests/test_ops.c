@@ -1,4 +1,4 @@
-/* test_ops.c: every op of pipeline/ops.h checked three ways:
+/* test_ops.c: every op of pipeline/model/ops.h checked three ways:
  *   - against PyTorch / torchvision outputs and autograd gradients (build/fixtures/ops.h5,
  *     written by tests/reference/ops_ref.py), gemm against a double-precision loop;
  *   - backward against central finite differences of L = sum(out * g) for a random g,
@@ -7,7 +7,7 @@
  * Sizes are small so the whole program runs in about a second. */
 #include <stdint.h>
 
-#include "ops.h"
+#include "model/ops.h"
 #include "testutil.h"
 
 /* ---- helpers ------------------------------------------------------------------------------ */

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# test_pictures.sh: evaluate --pictures (pipeline/picture.h) on a generated dataset. On 2 ranks
+# test_pictures.sh: evaluate --pictures (results/picture.h) on a generated dataset. On 2 ranks
 # with --pictures-vs and --pictures-max 3: exactly 3 PNGs and legend.txt, each PNG one row of
 # 4 panels of the displayed size with white gaps; panel 1 is the image resized (PIL bicubic),
 # panel 2 the ground truth in the legend's colours with darker boundaries (every pixel), panels

@@ -4,7 +4,7 @@
  * class index; and region_macc's per-class mean with the reference's float16 rounding. */
 #include <math.h>
 
-#include "regioneval.h"
+#include "method/regioneval.h"
 #include "testutil.h"
 
 static void rank_is(const char *name, const float *logits, int K, int y, int want) {

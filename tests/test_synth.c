@@ -1,4 +1,4 @@
-/* test_synth.c: the synthetic COCO world (pipeline/synth.c, stages/make_dataset.c).
+/* test_synth.c: the synthetic COCO world (pipeline/world/synth.c, stages/make_dataset.c).
  *
  * A small dataset is written by the library in one process, by the library as two simulated
  * ranks merged the way the stage gathers them, by the stage under `mpirun -np 2`, and by the
@@ -21,8 +21,8 @@
 
 #include <jpeglib.h>
 
-#include "check.h"
-#include "synth.h"
+#include "base/check.h"
+#include "world/synth.h"
 #include "testutil.h"
 
 static const SynthConfig CFG = {.train = 10, .val = 6, .seed = 7, .min_size = 96, .max_size = 160};

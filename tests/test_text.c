@@ -12,13 +12,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "check.h"
-#include "ops.h"
-#include "safetensors.h"
+#include "base/check.h"
+#include "io/safetensors.h"
+#include "model/ops.h"
 #include "testutil.h"
-#include "textenc.h"
-#include "tokenizer.h"
-#include "vit.h"
+#include "model/vit.h"
+#include "text/textenc.h"
+#include "text/tokenizer.h"
 
 static const char *bpe_path(char *buf, size_t len) {
     snprintf(buf, len, "data/clip/bpe_simple_vocab_16e6.txt.gz"); /* the repository's copy */

@@ -12,14 +12,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "adamw.h"
-#include "check.h"
-#include "clipself.h"
-#include "ops.h"
-#include "safetensors.h"
+#include "base/check.h"
+#include "io/safetensors.h"
+#include "method/clipself.h"
+#include "model/adamw.h"
+#include "model/ops.h"
 #include "testutil.h"
 #include "vitcheck.h"
-#include "vit.h"
+#include "model/vit.h"
 
 /* Dense path, region features, loss and gradients; returns the loss. */
 static float dense_step(Vit *m, ClipselfLoss *cl, const float *img, const float *boxes,

@@ -11,8 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
-#include "ops.h"
+#include "base/check.h"
+#include "base/rng.h"
+#include "model/ops.h"
 
 static int tu_passed, tu_failed;
 
@@ -20,10 +21,7 @@ static int tu_passed, tu_failed;
  * it), alloc_f a zeroed buffer or exit. */
 static uint64_t tu_rng = 0x9E3779B97F4A7C15ull;
 static inline float frand(void) {
-    uint64_t z = (tu_rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
+    uint64_t z = rng_next(&tu_rng);
     return (float)((double)(z >> 40) / (double)(1ull << 23) - 1.0);
 }
 static inline float *alloc_f(size_t n) {

@@ -4,9 +4,9 @@
 #ifndef CLIPSELF_VITCHECK_H
 #define CLIPSELF_VITCHECK_H
 
-#include "adamw.h"
+#include "model/adamw.h"
 #include "testutil.h"
-#include "vit.h"
+#include "model/vit.h"
 
 /* Compare every tensor of buf (laid out as m's parameters) with group/<name> datasets, block by
  * block; only tensors that are not frozen when only_trainable, and then, with zero_frozen, the

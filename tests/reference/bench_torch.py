@@ -39,7 +39,7 @@ TUNED = "--tuned" in sys.argv[1:]
 
 
 def blis_arch_for_cpu():
-    """BLIS's arch_t id of the kernel set pipeline/gemm.c picks: skx (0) with AVX-512, haswell
+    """BLIS's arch_t id of the kernel set pipeline/model/gemm.c picks: skx (0) with AVX-512, haswell
     (3) with AVX2 and FMA, None otherwise (BLIS's own choice stays)."""
     with open("/proc/cpuinfo") as f:
         flags = next((line.split(":")[1].split() for line in f if line.startswith("flags")), [])

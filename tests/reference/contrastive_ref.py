@@ -1,4 +1,4 @@
-"""contrastive_ref.py: the PyTorch reference of pipeline/contrastive.h; writes contrastive.h5.
+"""contrastive_ref.py: the PyTorch reference of method/contrastive.h; writes contrastive.h5.
 
 Usage: /usr/bin/python3 tests/reference/contrastive_ref.py --out DIR
 

@@ -17,7 +17,7 @@ _obtain_image_crops (src/training/data.py of CLIPSelf), not from the C code:
     0), ..., min(cy + bh*delta, H)) in Python floats.
 The shuffle is this project's seeded draw, not Python's random (it makes every rank count and
 resume give the same crops): splitmix64 keyed by (seed, image id, epoch), then Fisher-Yates with
-rejection sampling, written here from its description in pipeline/crops.h.
+rejection sampling, written here from its description in pipeline/method/crops.h.
 Beyond the reference, the sampler also skips a box that lies wholly outside its image (the
 teacher's crop of it would be empty); the cases below include such boxes.
 

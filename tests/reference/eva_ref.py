@@ -23,7 +23,7 @@ Configurations (ln_eps 1e-6, rope_grid 16, batch 2)
             grid 14) with 2 blocks instead of 12, to keep the fixtures quick.
 
 Files per configuration <cfg>:
-  <cfg>.model.h5   the model as a clipself checkpoint (pipeline/checkpoint.h): root attributes
+  <cfg>.model.h5   the model as a clipself checkpoint (pipeline/io/checkpoint.h): root attributes
                    width, layers, heads, mlp, embed, patch, grid, rope_grid (int32), arch
                    "eva02", act "swiglu", ln_eps (float32), format "clipself-vit-1"; one float32
                    dataset per tensor and block in vit_tensors()' EVA02 names and shapes:
@@ -277,7 +277,7 @@ def build_model(cfg, seed):
 # ---- the checkpoint's fused layout ----------------------------------------------------------
 
 def table(model, get):
-    """(checkpoint name, tensor) in the layout of pipeline/vit_params.c for EVA02, where get
+    """(checkpoint name, tensor) in the layout of pipeline/model/vit_params.c for EVA02, where get
     maps a parameter to what is stored (the parameter, or its gradient); None if get gives None
     for any part (a frozen tensor)."""
     c = model.cls_token.shape[-1]

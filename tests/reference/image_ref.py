@@ -1,4 +1,4 @@
-"""image_ref.py: PIL / torchvision references of pipeline/image.h; writes image.h5 and test files.
+"""image_ref.py: PIL / torchvision references of io/image.h; writes image.h5 and test files.
 
 Usage: /usr/bin/python3 tests/reference/image_ref.py --out DIR [--data DATA]
 

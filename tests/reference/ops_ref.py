@@ -1,4 +1,4 @@
-"""ops_ref.py: PyTorch / torchvision references of the ops of pipeline/ops.h; writes ops.h5.
+"""ops_ref.py: PyTorch / torchvision references of the ops of pipeline/model/ops.h; writes ops.h5.
 
 Usage: /usr/bin/python3 tests/reference/ops_ref.py --out DIR
 

@@ -48,7 +48,7 @@ Fixtures: tiny.h5 and b16.h5 (float32 datasets unless said otherwise)
   root attributes: width, layers, heads, mlp, embed, patch, grid (int64), act (fixed-length
       ASCII string "quickgelu" or "gelu"), act_id (int64: 0 quickgelu, 1 gelu, as ACT_* in
       ops.h), ln_eps (float64).
-  Parameter names below ("<name>") are the open_clip names of pipeline/vit_params.c with the
+  Parameter names below ("<name>") are the open_clip names of pipeline/model/vit_params.c with the
   block index filled in, e.g. "visual.transformer.resblocks.1.attn.in_proj_weight"; each
   per-block tensor is one dataset per block with the per-block shape.
   /dense  attributes B, H, W, gh, gw, R (int64)
