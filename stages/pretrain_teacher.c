@@ -38,16 +38,13 @@
  * end the teacher (--out) and its normalised class embeddings (--classes-out, what evaluate
  * reads) are written, and <run-dir>/outputs.txt records the settings and digests of both for
  * --verify. */
-#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <mpi.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/check.h"
@@ -62,6 +59,7 @@
 #include "io/coco.h"
 #include "io/datasets.h"
 #include "io/image.h"
+#include "io/runfolder.h"
 #include "method/contrastive.h"
 #include "model/adamw.h"
 #include "model/allreduce.h"
@@ -69,12 +67,6 @@
 #include "model/vit.h"
 
 #define MIN_SIDE 2 /* px: a thinner box could round to an empty crop */
-
-static volatile sig_atomic_t stop_requested;
-static void on_signal(int sig) {
-    (void)sig;
-    stop_requested = 1;
-}
 
 /* ---- samples --------------------------------------------------------------------------------- */
 
@@ -320,29 +312,6 @@ static int load_batch(Loader *ld, const Sample *samples, const int *ids, int n,
 
 /* ---- run folder ------------------------------------------------------------------------------ */
 
-/* Keep the header and the rows of a CSV log whose first field is at most last (rows after the
- * checkpoint a run resumes from are about to be redone). */
-static void truncate_log(const char *path, long last) {
-    FILE *old = fopen(path, "r");
-    if (!old) return;
-    char tmp[4200], line[512];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *keep = fopen(tmp, "w");
-    while (keep && fgets(line, sizeof line, old))
-        if (!isdigit((unsigned char)line[0]) || atol(line) <= last) fputs(line, keep);
-    fclose(old);
-    if (keep && fclose(keep) == 0) rename(tmp, path);
-}
-
-/* The first line of a small text file into buf ("" if there is none). */
-static void read_line(char *buf, size_t len, const char *path) {
-    buf[0] = 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    if (!fgets(buf, (int)len, f)) buf[0] = 0;
-    fclose(f);
-}
-
 /* outputs.txt: the settings signature, then the digests of the two outputs. Written through a
  * temporary and a rename, after both outputs. */
 static int write_outputs_record(const char *run, const char *signature, const char *out,
@@ -514,8 +483,7 @@ int main(int argc, char **argv) {
     }
     c.grid = size / c.patch;
     if (c.arch == VIT_ARCH_EVA02 && c.rope_grid == 0) c.rope_grid = c.grid;
-    signal(SIGTERM, on_signal);
-    signal(SIGUSR1, on_signal);
+    runfolder_catch_signals();
     Dataset ds;
     stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
     CocoPanoptic pan;
@@ -564,7 +532,7 @@ int main(int argc, char **argv) {
     }
     /* What a resumed run must share with the run it continues: anything else would change the
      * model, the schedule, the data or the arithmetic. */
-    char signature[1024], sigpath[4200], path[4200], model_sig[96];
+    char signature[1024], path[4200], model_sig[96];
     if (c.arch == VIT_ARCH_EVA02) /* a CLIP run's signature is what it was before EVA02 */
         snprintf(model_sig, sizeof model_sig, "swiglu arch=eva02 rope_grid=%d", c.rope_grid);
     else
@@ -577,7 +545,6 @@ int main(int argc, char **argv) {
              warmup, size, c.width, c.layers, c.heads, c.mlp, c.embed, c.patch, model_sig,
              (double)logit_scale, fixed_scale, name, (unsigned long long)adig,
              (unsigned long long)pdig, (double)thing_weight, random_crops);
-    snprintf(sigpath, sizeof sigpath, "%s/run.txt", run);
     if (verify) {
         int rc = 0;
         const char *file = out;
@@ -590,37 +557,14 @@ int main(int argc, char **argv) {
     if (st.rank == 0 && warmup >= total)
         fprintf(stderr, "pretrain_teacher: warning: --warmup %d is not below the %ld steps of "
                 "the run: the learning rate never leaves the warmup\n", warmup, total);
-    if (st.rank == 0 && mkdir(run, 0777) != 0 && errno != EEXIST) {
-        cs_error_set(__FILE__, __LINE__, "cannot create %s: %s", run, strerror(errno));
-        stage_die(&st, NULL);
-    }
-    long newest = -1;
-    if (st.rank == 0) { /* one rank decides: file systems may disagree */
-        newest = checkpoint_newest(run);
-        char old[1024];
-        read_line(old, sizeof old, sigpath);
-        if (!resume && newest >= 0) {
-            cs_error_set(__FILE__, __LINE__, "%s already holds checkpoints of a run", run);
-            stage_die(&st, "continue it with --resume, or choose a new --run-dir");
-        }
-        if (newest >= 0 && strcmp(old, signature) != 0) {
-            cs_error_set(__FILE__, __LINE__, "%s was made by a run with other settings:\n  was: "
-                         "%s  now: %s", run, old[0] ? old : "(unknown)\n", signature);
-            stage_die(&st, "resume with the same ranks, batch, epochs, seed, schedule, model and "
-                           "annotations, or start in a new --run-dir");
-        }
-        if (newest < 0) {
-            FILE *sf = fopen(sigpath, "w");
-            if (!sf || fputs(signature, sf) < 0 || fclose(sf) != 0) {
-                cs_error_set(__FILE__, __LINE__, "cannot write %s", sigpath);
-                stage_die(&st, NULL);
-            }
-        }
-        /* the outputs are about to be rewritten: no record may vouch for them meanwhile */
+    RunFolder rf;
+    if (runfolder_open(&rf, "pretrain_teacher", run, signature, resume, "ranks, batch, epochs, "
+                       "seed, schedule, model and annotations", MPI_COMM_WORLD) != 0)
+        stage_die(&st, rf.hint[0] ? rf.hint : NULL);
+    if (st.rank == 0) { /* the outputs are about to be rewritten: no record may vouch for them */
         snprintf(path, sizeof path, "%s/outputs.txt", run);
         unlink(path);
     }
-    MPI_Bcast(&newest, 1, MPI_LONG, 0, MPI_COMM_WORLD);
 
     /* the model, the contrastive head and their optimiser state */
     size_t ke = (size_t)K * E, nh = ke + 1; /* head = [class embeddings (K, E) | log_scale] */
@@ -636,25 +580,9 @@ int main(int argc, char **argv) {
     float tally[TALLIES] = {0};                        /* this epoch's, summed over its steps */
     CheckpointExtra extras[7];
     head_extras(extras, head, head_m, head_v, tally, K, E);
-    long step = 0;
-    if (newest >= 0) {
-        Vit back;
-        VitOptState os;
-        stage_check(&st, checkpoint_step_path(path, sizeof path, run, newest), NULL);
-        stage_check(&st, vit_load_h5(&back, path, &os), NULL);
-        if (back.num_params != m.num_params) {
-            cs_error_set(__FILE__, __LINE__, "%s is not a checkpoint of this model", path);
-            stage_die(&st, NULL);
-        }
-        stage_check(&st, checkpoint_read_extra(path, extras, 7), NULL);
-        memcpy(m.params_mem, back.params_mem, m.num_params * sizeof(float));
-        memcpy(opt.m, os.m, m.num_params * sizeof(float));
-        memcpy(opt.v, os.v, m.num_params * sizeof(float));
-        opt.step = step = os.step;
-        free(os.m), free(os.v);
-        vit_free(&back);
-        if (st.rank == 0) printf("pretrain_teacher: resumed from %s (step %ld)\n", path, step);
-    } else {
+    long step;
+    stage_check(&st, runfolder_resume(&rf, &m, &opt, extras, 7, &step), NULL);
+    if (rf.newest < 0) {
         vit_init_random(&m, rng_mix64((unsigned long long)seed + 1));
         init_class_embeddings(head, K, E, (unsigned long long)seed);
         head[ke] = logf(logit_scale);
@@ -682,24 +610,14 @@ int main(int argc, char **argv) {
     stage_check(&st, contrastive_init(&cl, batch, K, E), NULL);
     stage_check(&st, vit_prepare(&m, VIT_IMAGE, batch, S, S, 1), NULL);
 
-    FILE *log = NULL, *elog = NULL;
+    FILE *log, *elog;
+    stage_check(&st, runfolder_log(&rf, &log, "train_log.csv",
+                                   "step,epoch,loss,top1,lr,logit_scale,samples_per_s\n", step,
+                                   step), NULL);
+    stage_check(&st, runfolder_log(&rf, &elog, "epoch_log.csv",
+                                   "epoch,loss,top1_things,top1_stuff,top1_images,logit_scale,"
+                                   "top1_random,skipped\n", step, step / per_epoch), NULL);
     if (st.rank == 0) {
-        char epath[4200];
-        snprintf(path, sizeof path, "%s/train_log.csv", run);
-        snprintf(epath, sizeof epath, "%s/epoch_log.csv", run);
-        if (step) truncate_log(path, step), truncate_log(epath, step / per_epoch);
-        log = fopen(path, step ? "a" : "w");
-        elog = fopen(epath, step ? "a" : "w");
-        if (!log || !elog) {
-            cs_error_set(__FILE__, __LINE__, "cannot write the logs in %s: %s", run,
-                         strerror(errno));
-            stage_die(&st, NULL);
-        }
-        if (!step) {
-            fprintf(log, "step,epoch,loss,top1,lr,logit_scale,samples_per_s\n");
-            fprintf(elog, "epoch,loss,top1_things,top1_stuff,top1_images,logit_scale,"
-                          "top1_random,skipped\n");
-        }
         int counts[KINDS] = {0};
         for (int i = 0; i < nsamples; i++) counts[sample_kind(&pan, &samples[i])]++;
         printf("pretrain_teacher: %d images, %d categories; %d samples per epoch (%d things, %d "
@@ -767,7 +685,7 @@ int main(int argc, char **argv) {
             tl[TALLY_OK + ld.kind[k]] += (float)(t[best] == tmax); /* a tie: either is right */
             tl[TALLY_N + ld.kind[k]] += 1.0f;
         }
-        tl[TALLY_STOP] = stop_requested || (max_steps > 0 && step + 1 >= max_steps);
+        tl[TALLY_STOP] = runfolder_stop_signal() || (max_steps > 0 && step + 1 >= max_steps);
         stage_check(&st, grad_reduce_finish(&gr, tail, nh + TALLIES), NULL);
         /* the loss is the mean over the global batch's labelled samples: rescale the gradient
          * of the mean over all G (the same on every rank, after the sums) */
@@ -818,16 +736,12 @@ int main(int argc, char **argv) {
             }
             memset(tally, 0, sizeof tally);
         }
-        if (st.rank == 0 && (step % save_every == 0 || step == total || stop)) {
-            VitOptState os = {step, opt.m, opt.v};
-            stage_check(&st, checkpoint_step_path(path, sizeof path, run, step), NULL);
-            stage_check(&st, vit_save_h5_extra(&m, path, &os, extras, 7), NULL);
-            checkpoint_prune(run, keep);
-        }
+        if (step % save_every == 0 || step == total || stop)
+            stage_check(&st, runfolder_save(&rf, &m, &opt, step, extras, 7, keep), NULL);
         if (stop && step < total) {
             if (st.rank == 0)
                 printf("pretrain_teacher: stopping at step %ld (%s); continue with --resume\n",
-                       step, stop_requested ? "signal" : "--max-steps");
+                       step, runfolder_stop_signal() ? "signal" : "--max-steps");
             break;
         }
     }

@@ -13,15 +13,11 @@
  * Checkpoints (parameters, AdamW moments, step) are written atomically every --save-every
  * steps and on SIGTERM/SIGUSR1; --resume continues from the newest one, bit-identically, and
  * refuses a run folder whose settings (run.txt) differ. */
-#include <ctype.h>
-#include <errno.h>
 #include <math.h>
 #include <mpi.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/check.h"
@@ -34,18 +30,13 @@
 #include "io/cropfile.h"
 #include "io/datasets.h"
 #include "io/image.h"
+#include "io/runfolder.h"
 #include "io/teachercache.h"
 #include "method/clipself.h"
 #include "method/crops.h"
 #include "model/adamw.h"
 #include "model/allreduce.h"
 #include "model/vit.h"
-
-static volatile sig_atomic_t stop_requested;
-static void on_signal(int sig) {
-    (void)sig;
-    stop_requested = 1;
-}
 
 /* The usable images in the order of an epoch: a function of (seed, epoch). */
 static void epoch_order(int *order, const int *usable, int n, unsigned long long seed, int epoch) {
@@ -126,8 +117,7 @@ int main(int argc, char **argv) {
                      "required");
         stage_die(&st, "see --help");
     }
-    signal(SIGTERM, on_signal);
-    signal(SIGUSR1, on_signal);
+    runfolder_catch_signals();
     Dataset ds;
     stage_check(&st, dataset_lookup(&ds, cfg, name), "check the dataset name and datasets.cfg");
     CropFile cf;
@@ -189,32 +179,24 @@ int main(int argc, char **argv) {
         fprintf(stderr, "train_student: warning: --warmup %d is not below the %ld steps of the "
                 "run: the learning rate never leaves the warmup\n", warmup, total);
     char path[4096];
-    if (!verify && st.rank == 0 && mkdir(run, 0777) != 0 && errno != EEXIST) {
-        cs_error_set(__FILE__, __LINE__, "cannot create %s: %s", run, strerror(errno));
-        stage_die(&st, NULL);
-    }
     /* What a resumed run must share with the run it continues: anything else would change the
      * schedule, the data order or the arithmetic. */
-    char signature[1024], sigpath[4200];
+    char signature[1024];
     snprintf(signature, sizeof signature,
              "ranks=%d batch=%d epochs=%d seed=%d lr=%.9g wd=%.9g warmup=%d det=%d alpha=%.9g "
              "crops=%016llx teacher=%016llx%s\n",
-             verify && ranks > 0 ? ranks : st.size, batch, epochs, seed, (double)lr, (double)wd, warmup, det, (double)alpha,
+             verify && ranks > 0 ? ranks : st.size, batch, epochs, seed, (double)lr, (double)wd,
+             warmup, det, (double)alpha,
              (unsigned long long)cf.digest, (unsigned long long)tdig,
              /* the targets' precision: a run never mixes float32 and bf16 teacher caches (only
               * bf16 is named, so the runs made before the attribute resume as before) */
              tc.precision == TEACHER_BF16 ? " teacher_pass=bfloat16" : "");
-    snprintf(sigpath, sizeof sigpath, "%s/run.txt", run);
     if (verify) {
         snprintf(path, sizeof path, "%s/student.h5", run);
         int rc = 0;
         if (st.rank == 0) {
-            char old[1024] = "";
-            FILE *sf = fopen(sigpath, "r");
-            if (sf) {
-                if (!fgets(old, sizeof old, sf)) old[0] = 0;
-                fclose(sf);
-            }
+            char old[1024];
+            runfolder_signature(old, sizeof old, run);
             Vit done;
             rc = vit_load_h5(&done, path, NULL);
             if (!rc) {
@@ -230,52 +212,13 @@ int main(int argc, char **argv) {
         }
         stage_verified(&st, rc, path);
     }
-    long step = 0, newest = -1;
-    if (resume && st.rank == 0) {
-        newest = checkpoint_newest(run); /* one rank decides: file systems may disagree */
-        char old[1024] = "";
-        FILE *sf = fopen(sigpath, "r");
-        if (sf) {
-            if (!fgets(old, sizeof old, sf)) old[0] = 0;
-            fclose(sf);
-        }
-        if (newest >= 0 && strcmp(old, signature) != 0) {
-            cs_error_set(__FILE__, __LINE__, "%s was made by a run with other settings:\n  was: "
-                         "%s  now: %s", run, old[0] ? old : "(unknown)\n", signature);
-            stage_die(&st, "resume with the same ranks, batch, epochs, seed, schedule, crops and "
-                           "teacher (and a cache of the same teacher pass, float32 or bf16), "
-                           "or start in a new --run-dir");
-        }
-    }
-    if (!resume && st.rank == 0 && checkpoint_newest(run) >= 0) {
-        cs_error_set(__FILE__, __LINE__, "%s already holds checkpoints of a run", run);
-        stage_die(&st, "continue it with --resume, or choose a new --run-dir");
-    }
-    MPI_Bcast(&newest, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-    if (st.rank == 0 && newest < 0) {
-        FILE *sf = fopen(sigpath, "w");
-        if (!sf || fputs(signature, sf) < 0 || fclose(sf) != 0) {
-            cs_error_set(__FILE__, __LINE__, "cannot write %s", sigpath);
-            stage_die(&st, NULL);
-        }
-    }
-    if (newest >= 0) {
-        Vit back;
-        VitOptState os;
-        stage_check(&st, checkpoint_step_path(path, sizeof path, run, newest), NULL);
-        stage_check(&st, vit_load_h5(&back, path, &os), NULL);
-        if (back.num_params != student.num_params) {
-            cs_error_set(__FILE__, __LINE__, "%s is not a checkpoint of this model", path);
-            stage_die(&st, NULL);
-        }
-        memcpy(student.params_mem, back.params_mem, student.num_params * sizeof(float));
-        memcpy(opt.m, os.m, student.num_params * sizeof(float));
-        memcpy(opt.v, os.v, student.num_params * sizeof(float));
-        opt.step = step = os.step;
-        free(os.m), free(os.v);
-        vit_free(&back);
-        if (st.rank == 0) printf("train_student: resumed from %s (step %ld)\n", path, step);
-    }
+    RunFolder rf;
+    if (runfolder_open(&rf, "train_student", run, signature, resume, "ranks, batch, epochs, "
+                       "seed, schedule, crops and teacher (and a cache of the same teacher "
+                       "pass, float32 or bf16)", MPI_COMM_WORLD) != 0)
+        stage_die(&st, rf.hint[0] ? rf.hint : NULL);
+    long step;
+    stage_check(&st, runfolder_resume(&rf, &student, &opt, NULL, 0, &step), NULL);
     int N = (det / c->patch) * (det / c->patch), E = c->embed, S = det;
     size_t maxbox = (size_t)batch * cf.max_boxes;
     float *imgs = malloc((size_t)batch * 3 * S * S * sizeof(float));
@@ -287,21 +230,10 @@ int main(int argc, char **argv) {
     stage_check(&st, clipself_loss_init(&cl, (int)maxbox, E), NULL);
     Image im = {0};
     ImageWork ws = {0};
-    FILE *log = NULL;
+    FILE *log;
+    stage_check(&st, runfolder_log(&rf, &log, "train_log.csv",
+                                   "step,epoch,loss,lr,images_per_s\n", step, step), NULL);
     if (st.rank == 0) {
-        snprintf(path, sizeof path, "%s/train_log.csv", run);
-        if (step) { /* rows after the checkpoint resumed from are about to be redone */
-            FILE *old = fopen(path, "r");
-            char tmp[4200], line[256];
-            snprintf(tmp, sizeof tmp, "%s.tmp", path);
-            FILE *keep = old ? fopen(tmp, "w") : NULL;
-            while (keep && fgets(line, sizeof line, old))
-                if (atol(line) <= step || !isdigit((unsigned char)line[0])) fputs(line, keep);
-            if (old) fclose(old);
-            if (keep && fclose(keep) == 0) rename(tmp, path);
-        }
-        log = fopen(path, step ? "a" : "w");
-        if (log && !step) fprintf(log, "step,epoch,loss,lr,images_per_s\n");
         printf("train_student: %d usable images, %d ranks x %d images, %ld steps per epoch, %d "
                "epochs, %ld steps; det %d, %d boxes max per image\n",
                nusable, st.size, batch, per_epoch, epochs, total, det, cf.max_boxes);
@@ -362,24 +294,19 @@ int main(int argc, char **argv) {
             printf("step %ld/%ld epoch %d loss %.5f lr %.3e %.2f img/s\n", step, total, epoch,
                    loss, lr_now, rate);
         progress_update(&prog, step);
-        int stop = stop_requested || (max_steps > 0 && step >= max_steps);
+        int stop = runfolder_stop_signal() || (max_steps > 0 && step >= max_steps);
         MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         int epoch_end = step % per_epoch == 0;
         int save = step % save_every == 0 || step == total || stop;
         if (save) stage_check(&st, grad_reduce_gather_moments(&gr), NULL);
-        if (st.rank == 0 && save) {
-            VitOptState os = {step, opt.m, opt.v};
-            stage_check(&st, checkpoint_step_path(path, sizeof path, run, step), NULL);
-            stage_check(&st, vit_save_h5(&student, path, &os), NULL);
-            checkpoint_prune(run, keep);
-        }
+        if (save) stage_check(&st, runfolder_save(&rf, &student, &opt, step, NULL, 0, keep), NULL);
         if (st.rank == 0 && epoch_end)
             stage_check(&st, save_epoch(&student, &teacher, alpha, run, epoch, step == total),
                         NULL);
         if (stop && step < total) {
             if (st.rank == 0)
                 printf("train_student: stopping at step %ld (%s); continue with --resume\n", step,
-                       stop_requested ? "signal" : "--max-steps");
+                       runfolder_stop_signal() ? "signal" : "--max-steps");
             break;
         }
     }

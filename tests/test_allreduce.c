@@ -19,8 +19,8 @@
 
 #include "model/adamw.h"
 #include "model/allreduce.h"
-#include "testutil.h"
 #include "model/vit.h"
+#include "testutil.h"
 
 enum { NEXTRA = 1000, B = 2, S = 64 };
 

@@ -13,10 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "testutil.h"
 #include "model/bf16.h"
 #include "model/vit.h"
 #include "model/vit_bf16.h"
+#include "testutil.h"
 
 static const double U32 = 5.9604644775390625e-08; /* 2^-24, float's unit roundoff */
 static const double UBF = 3.90625e-03; /* 2^-8, bf16's: 8 significant bits (7 stored + 1) */

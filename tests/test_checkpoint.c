@@ -17,8 +17,8 @@
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/ops.h"
-#include "testutil.h"
 #include "model/vit.h"
+#include "testutil.h"
 
 static const VitConfig TINY = {.width = 64, .layers = 2, .heads = 4, .mlp = 256, .embed = 32,
                                .patch = 8, .grid = 8, .act = ACT_GELU, .ln_eps = 1e-5f};

@@ -25,9 +25,9 @@
 #include "method/clipself.h"
 #include "model/adamw.h"
 #include "model/ops.h"
+#include "model/vit.h"
 #include "testutil.h"
 #include "vitcheck.h"
-#include "model/vit.h"
 
 /* Every element of the k third of each block's qkv bias (of params or grads) is exactly 0. */
 static int kbias_zero(const Vit *m, const float *buf) {

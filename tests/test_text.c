@@ -15,10 +15,10 @@
 #include "base/check.h"
 #include "io/safetensors.h"
 #include "model/ops.h"
-#include "testutil.h"
 #include "model/vit.h"
 #include "text/textenc.h"
 #include "text/tokenizer.h"
+#include "testutil.h"
 
 static const char *bpe_path(char *buf, size_t len) {
     snprintf(buf, len, "data/clip/bpe_simple_vocab_16e6.txt.gz"); /* the repository's copy */

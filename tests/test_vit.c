@@ -17,9 +17,9 @@
 #include "method/clipself.h"
 #include "model/adamw.h"
 #include "model/ops.h"
+#include "model/vit.h"
 #include "testutil.h"
 #include "vitcheck.h"
-#include "model/vit.h"
 
 /* Dense path, region features, loss and gradients; returns the loss. */
 static float dense_step(Vit *m, ClipselfLoss *cl, const float *img, const float *boxes,

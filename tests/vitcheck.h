@@ -5,8 +5,8 @@
 #define CLIPSELF_VITCHECK_H
 
 #include "model/adamw.h"
-#include "testutil.h"
 #include "model/vit.h"
+#include "testutil.h"
 
 /* Compare every tensor of buf (laid out as m's parameters) with group/<name> datasets, block by
  * block; only tensors that are not frozen when only_trainable, and then, with zero_frozen, the
