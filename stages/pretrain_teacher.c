@@ -50,7 +50,6 @@
 #include "base/check.h"
 #include "base/digest.h"
 #include "base/fileio.h"
-#include "base/geometry.h"
 #include "base/progress.h"
 #include "base/rng.h"
 #include "base/stage.h"
@@ -61,23 +60,11 @@
 #include "io/image.h"
 #include "io/runfolder.h"
 #include "method/contrastive.h"
+#include "method/teacherdata.h"
 #include "model/adamw.h"
 #include "model/allreduce.h"
 #include "model/ops.h"
 #include "model/vit.h"
-
-#define MIN_SIDE 2 /* px: a thinner box could round to an empty crop */
-
-/* ---- samples --------------------------------------------------------------------------------- */
-
-enum { KIND_THING, KIND_STUFF, KIND_IMAGE, KIND_RANDOM, KINDS };
-static const char *const kind_names[KINDS] = {"things", "stuff", "images", "random"};
-
-typedef struct {
-    int image;   /* index into CocoPanoptic.images */
-    int segment; /* index into its segments, or -1: the whole image or a random box */
-    int k;       /* the image's random box k, or -1 */
-} Sample;
 
 /* The step's tallies, summed over ranks with the gradients, and over an epoch on every rank. */
 enum {
@@ -89,225 +76,10 @@ enum {
     TALLIES
 };
 
-/* Uniform in [0, 1): draw j of a sample's jitter in an epoch, a function of its key alone. */
-static double jitter(unsigned long long seed, int epoch, int sample, int j) {
-    uint64_t k = rng_mix64(rng_mix64(seed + 0x9E3779B97F4A7C15ULL) + (uint64_t)epoch);
-    k = rng_mix64(k + (uint64_t)sample);
-    return (double)(rng_mix64(k + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
-}
-
-/* Uniform in [0, 1): draw j of random box k of image in an epoch. */
-static double box_draw(unsigned long long seed, int epoch, int image, int k, int j) {
-    uint64_t z = rng_mix64(rng_mix64(seed ^ 0xB0C5B0C5B0C5ULL) + (uint64_t)epoch);
-    z = rng_mix64(rng_mix64(z + (uint64_t)image) + (uint64_t)k);
-    return (double)(rng_mix64(z + 0x9E3779B97F4A7C15ULL * (uint64_t)(j + 1)) >> 11) * 0x1.0p-53;
-}
-
 /* 0..n-1 in the order of an epoch: a function of (seed, epoch). */
 static void epoch_order(int *order, int n, unsigned long long seed, int epoch) {
     for (int i = 0; i < n; i++) order[i] = i;
     rng_shuffle_epoch(order, n, seed, epoch);
-}
-
-/* Every segment with a box of at least 8x8 px of area (evaluate's rule) and MIN_SIDE px a side,
- * then the whole image and its random boxes (if it has a segment; random boxes only if their
- * smallest side, 15% of the image's, is MIN_SIDE px). A box outside its image (by more than a
- * pixel of rounding) is an error: its crop would be empty or another region. */
-static int build_samples(Sample **out, int *n, const CocoPanoptic *pan, const char *path,
-                         int random_crops) {
-    *n = 0;
-    CS_ALLOC(*out, (size_t)pan->num_segments + (size_t)pan->num_images * (1 + random_crops) + 1);
-    for (int i = 0; i < pan->num_images; i++) {
-        const CocoPanopticImage *pi = &pan->images[i];
-        for (int s = 0; s < pi->num_segments; s++) {
-            const double *b = pi->segments[s].bbox;
-            CS_CHECK(b[0] >= -1.0 && b[1] >= -1.0 && b[0] + b[2] <= pi->width + 1.0 &&
-                         b[1] + b[3] <= pi->height + 1.0,
-                     "%s: image %s, segment %u: bbox [%g, %g, %g, %g] is outside the %dx%d image",
-                     path, pi->file_name, pi->segments[s].id, b[0], b[1], b[2], b[3], pi->width,
-                     pi->height);
-            if (b[2] * b[3] >= 64.0 && b[2] >= MIN_SIDE && b[3] >= MIN_SIDE)
-                (*out)[(*n)++] = (Sample){i, s, -1};
-        }
-        if (pi->num_segments > 0) {
-            (*out)[(*n)++] = (Sample){i, -1, -1};
-            if (0.15 * pi->width >= MIN_SIDE && 0.15 * pi->height >= MIN_SIDE)
-                for (int k = 0; k < random_crops; k++) (*out)[(*n)++] = (Sample){i, -1, k};
-        }
-    }
-    return 0;
-}
-
-/* The crop box (x0, y0, x1, y1) of sample id in an epoch, in the pixels of an image W x H. */
-static void sample_box(double box[4], const Sample *sm, const CocoSegment *sg, int thing, int W,
-                       int H, unsigned long long seed, int epoch, int id) {
-    if (sm->k >= 0) { /* random box: sides uniform in [0.15, 1] of the image's, uniform place */
-        double fw = 0.15 + 0.85 * box_draw(seed, epoch, sm->image, sm->k, 0);
-        double fh = 0.15 + 0.85 * box_draw(seed, epoch, sm->image, sm->k, 1);
-        double w = fw * W, h = fh * H;
-        box[0] = (W - w) * box_draw(seed, epoch, sm->image, sm->k, 2);
-        box[1] = (H - h) * box_draw(seed, epoch, sm->image, sm->k, 3);
-        box[2] = box[0] + w, box[3] = box[1] + h;
-        return;
-    }
-    if (!sg) {
-        box[0] = 0, box[1] = 0, box[2] = W, box[3] = H;
-        return;
-    }
-    double x = sg->bbox[0], y = sg->bbox[1], w = sg->bbox[2], h = sg->bbox[3];
-    double f = thing ? 1.2 + 0.6 * jitter(seed, epoch, id, 0) : 1.0;
-    double cx = x + 0.5 * w + 0.1 * w * (2.0 * jitter(seed, epoch, id, 1) - 1.0);
-    double cy = y + 0.5 * h + 0.1 * h * (2.0 * jitter(seed, epoch, id, 2) - 1.0);
-    box[0] = fmax(cx - 0.5 * f * w, 0.0), box[1] = fmax(cy - 0.5 * f * h, 0.0);
-    box[2] = fmin(cx + 0.5 * f * w, (double)W), box[3] = fmin(cy + 0.5 * f * h, (double)H);
-}
-
-static int sample_kind(const CocoPanoptic *pan, const Sample *sm) {
-    if (sm->k >= 0) return KIND_RANDOM;
-    if (sm->segment < 0) return KIND_IMAGE;
-    const CocoSegment *sg = &pan->images[sm->image].segments[sm->segment];
-    return pan->categories.cats[sg->category].isthing ? KIND_THING : KIND_STUFF;
-}
-
-typedef struct {
-    int image, k;
-} Slot;
-
-static int cmp_slot(const void *a, const void *b) {
-    const Slot *x = a, *y = b;
-    return x->image != y->image ? (x->image > y->image) - (x->image < y->image)
-                                : (x->k > y->k) - (x->k < y->k);
-}
-
-/* ---- targets --------------------------------------------------------------------------------- */
-
-/* Python's round() (half to even) of a box corner, clipped to [0, hi]: image_crop's rounding. */
-static int round_corner(double x, int hi) {
-    double f = geom_round_half_even(x);
-    return f < 0.0 ? 0 : f > hi ? hi : (int)f;
-}
-
-/* The caption-like target (K) of a box over a category map cat (H, W) (a category index per
- * pixel, -1 unlabelled): t_k proportional to the pixels of category k in the box's pixels
- * [x0, x1) x [y0, y1) (corners rounded half to even, as the crop) times thing_weight for a
- * thing category and 1 for stuff, summing to 1. counts (K) is scratch. Returns the labelled
- * pixels in the box; with none, t is all zero. */
-static long box_target(float *t, double *counts, const int *cat, int W, int H,
-                       const double box[4], const CocoCategories *cats, double thing_weight) {
-    int K = cats->num, x0 = round_corner(box[0], W), y0 = round_corner(box[1], H);
-    int x1 = round_corner(box[2], W), y1 = round_corner(box[3], H);
-    long n = 0;
-    memset(counts, 0, (size_t)K * sizeof(double));
-    for (int y = y0; y < y1; y++)
-        for (int x = x0; x < x1; x++) {
-            int c = cat[(size_t)y * W + x];
-            if (c >= 0) counts[c] += 1.0, n++;
-        }
-    double sum = 0.0;
-    for (int k = 0; k < K; k++) sum += counts[k] *= cats->cats[k].isthing ? thing_weight : 1.0;
-    for (int k = 0; k < K; k++) t[k] = n > 0 ? (float)(counts[k] / sum) : 0.0f;
-    return n;
-}
-
-/* The category map (H, W) of an image from its panoptic PNG: each pixel's segment id looked up
- * in the annotation's segments (an id it does not list, such as 0, is unlabelled: -1). */
-static int read_category_map(int **cat, size_t *cap, const char *png_root,
-                             const CocoPanopticImage *pi) {
-    char path[4096];
-    CS_TRY(coco_image_path(path, sizeof path, png_root, pi->png_name));
-    uint32_t *ids = NULL;
-    int w, h;
-    CS_TRY(image_read_panoptic_png(&ids, &w, &h, path));
-    if (w != pi->width || h != pi->height) {
-        free(ids);
-        CS_FAIL("%s is %dx%d, its annotation says %dx%d", path, w, h, pi->width, pi->height);
-    }
-    size_t n = (size_t)w * h;
-    if (n > *cap) {
-        int *grown = realloc(*cat, n * sizeof(int));
-        if (!grown) {
-            free(ids);
-            CS_FAIL("out of memory for the %dx%d category map of %s", w, h, path);
-        }
-        *cat = grown, *cap = n;
-    }
-    uint32_t last_id = 0;
-    int last = -1, found = 0; /* runs of a segment are long: remember the last lookup */
-    for (size_t i = 0; i < n; i++) {
-        if (!found || ids[i] != last_id) {
-            last_id = ids[i], last = -1, found = 1;
-            for (int s = 0; s < pi->num_segments; s++)
-                if (pi->segments[s].id == last_id) {
-                    last = pi->segments[s].category;
-                    break;
-                }
-        }
-        (*cat)[i] = last;
-    }
-    free(ids);
-    return 0;
-}
-
-/* ---- the step's batch ------------------------------------------------------------------------ */
-
-typedef struct {
-    const CocoPanoptic *pan;
-    const char *root, *png_root;
-    int S, K;
-    double thing_weight;
-    float *imgs;    /* (batch, 3, S, S) */
-    float *target;  /* (batch, K) all zero for a box without a labelled pixel */
-    int *kind;      /* (batch) KIND_* */
-    long *labelled; /* (batch) labelled pixels in the box */
-    double *counts; /* (K) scratch */
-    Slot *slots;    /* (batch) the batch in image order: each image decoded once */
-    Image im;
-    ImageWork ws;
-    int *cat;       /* (H, W) the current image's category map */
-    size_t cat_cap;
-    FILE *dump;     /* --dump-targets: one row per sample loaded, or NULL */
-} Loader;
-
-/* Fill the batch with samples ids[0..n) of epoch. */
-static int load_batch(Loader *ld, const Sample *samples, const int *ids, int n,
-                      unsigned long long seed, int epoch) {
-    const CocoPanoptic *pan = ld->pan;
-    int S = ld->S, K = ld->K, current = -1;
-    for (int k = 0; k < n; k++) ld->slots[k] = (Slot){samples[ids[k]].image, k};
-    qsort(ld->slots, (size_t)n, sizeof *ld->slots, cmp_slot);
-    for (int j = 0; j < n; j++) {
-        int k = ld->slots[j].k;
-        const Sample *sm = &samples[ids[k]];
-        const CocoPanopticImage *pi = &pan->images[sm->image];
-        if (sm->image != current) {
-            char path[4096];
-            CS_TRY(coco_image_path(path, sizeof path, ld->root, pi->file_name));
-            CS_TRY(image_read_jpeg(&ld->im, path));
-            CS_CHECK(ld->im.w == pi->width && ld->im.h == pi->height, "%s is %dx%d, its "
-                     "annotation says %dx%d", path, ld->im.w, ld->im.h, pi->width, pi->height);
-            CS_TRY(read_category_map(&ld->cat, &ld->cat_cap, ld->png_root, pi));
-            current = sm->image;
-        }
-        const CocoSegment *sg = sm->segment >= 0 ? &pi->segments[sm->segment] : NULL;
-        int kind = sample_kind(pan, sm);
-        double box[4];
-        sample_box(box, sm, sg, kind == KIND_THING, pi->width, pi->height, seed, epoch, ids[k]);
-        if (preprocess_crop(ld->imgs + (size_t)k * 3 * S * S, &ld->im, box, S, &ld->ws) != 0)
-            return cs_error_context("image %s, %s box [%g, %g, %g, %g]", pi->file_name,
-                                    kind_names[kind], box[0], box[1], box[2], box[3]);
-        float *t = ld->target + (size_t)k * K; /* (K) */
-        ld->kind[k] = kind;
-        ld->labelled[k] = box_target(t, ld->counts, ld->cat, pi->width, pi->height, box,
-                                     &pan->categories, ld->thing_weight);
-        if (ld->dump) {
-            fprintf(ld->dump, "%d,%d,%s,%s,%s,%.17g,%.17g,%.17g,%.17g,%ld", epoch, ids[k],
-                    kind_names[kind], pi->file_name, pi->png_name, box[0], box[1], box[2],
-                    box[3], ld->labelled[k]);
-            for (int c = 0; c < K; c++) fprintf(ld->dump, ",%.9g", (double)t[c]);
-            fputc('\n', ld->dump);
-        }
-    }
-    return 0;
 }
 
 /* ---- run folder ------------------------------------------------------------------------------ */
@@ -520,9 +292,9 @@ int main(int argc, char **argv) {
     Vit m;
     stage_check(&st, vit_init(&m, &c), "see --help for the model shape options");
     int K = pan.categories.num, E = c.embed;
-    Sample *samples;
+    TeacherSample *samples;
     int nsamples;
-    stage_check(&st, build_samples(&samples, &nsamples, &pan, ann, random_crops), NULL);
+    stage_check(&st, teacher_samples(&samples, &nsamples, &pan, ann, random_crops), NULL);
     int G = batch * st.size;
     long per_epoch = nsamples / G, total = per_epoch * epochs;
     if (per_epoch < 1) {
@@ -591,18 +363,12 @@ int main(int argc, char **argv) {
     const float ls_max = logf(100.0f);
 
     int S = size;
-    Loader ld = {.pan = &pan, .root = ds.images, .png_root = png_root, .S = S, .K = K,
-                 .thing_weight = thing_weight};
-    ld.imgs = malloc((size_t)batch * 3 * S * S * sizeof(float));
-    ld.target = malloc((size_t)batch * K * sizeof(float));
-    ld.kind = malloc((size_t)batch * sizeof(int));
-    ld.labelled = malloc((size_t)batch * sizeof(long));
-    ld.counts = malloc((size_t)K * sizeof(double));
-    ld.slots = malloc((size_t)batch * sizeof(Slot));
+    TeacherLoader ld;
+    stage_check(&st, teacher_loader_init(&ld, &pan, ds.images, png_root, S, batch, thing_weight),
+                "use a smaller --batch");
     float *demb = malloc((size_t)batch * E * sizeof(float));
     int *order = malloc((size_t)nsamples * sizeof(int));
-    if (!head || !head_m || !head_v || !tail || !ld.imgs || !ld.target || !ld.kind || !ld.labelled ||
-        !ld.counts || !ld.slots || !demb || !order) {
+    if (!head || !head_m || !head_v || !tail || !demb || !order) {
         cs_error_set(__FILE__, __LINE__, "out of memory for a batch of %d at %dx%d", batch, S, S);
         stage_die(&st, "use a smaller --batch");
     }
@@ -619,7 +385,7 @@ int main(int argc, char **argv) {
                                    "top1_random,skipped\n", step, step / per_epoch), NULL);
     if (st.rank == 0) {
         int counts[KINDS] = {0};
-        for (int i = 0; i < nsamples; i++) counts[sample_kind(&pan, &samples[i])]++;
+        for (int i = 0; i < nsamples; i++) counts[teacher_sample_kind(&pan, &samples[i])]++;
         printf("pretrain_teacher: %d images, %d categories; %d samples per epoch (%d things, %d "
                "stuff, %d whole images, %d random boxes); targets: visible pixels x (%g for a "
                "thing, 1 for stuff); %d ranks x %d, %ld steps per epoch, %d epochs, %ld steps; "
@@ -647,7 +413,7 @@ int main(int argc, char **argv) {
         if (epoch != last_epoch) epoch_order(order, nsamples, (unsigned long long)seed, epoch);
         last_epoch = epoch;
         const int *ids = order + (step % per_epoch) * G + (size_t)st.rank * batch;
-        stage_check(&st, load_batch(&ld, samples, ids, batch, (unsigned long long)seed, epoch),
+        stage_check(&st, teacher_load_batch(&ld, samples, ids, batch, (unsigned long long)seed, epoch),
                     "the images must be the annotations' own, in the dataset's images root, and "
                     "the PNGs theirs, in --annotations-png");
         if (ld.dump) {
@@ -727,8 +493,8 @@ int main(int argc, char **argv) {
                 printf("pretrain_teacher: epoch %d/%d: loss %.4f, train top-1 %s %.1f%%, %s "
                        "%.1f%%, %s %.1f%%, %s %.1f%% (%.0f without a labelled pixel), logit "
                        "scale %.2f, %.1f samples/s\n",
-                       epoch + 1, epochs, eloss, kind_names[0], 100 * acc[0], kind_names[1],
-                       100 * acc[1], kind_names[2], 100 * acc[2], kind_names[3], 100 * acc[3],
+                       epoch + 1, epochs, eloss, teacher_kind_names[0], 100 * acc[0], teacher_kind_names[1],
+                       100 * acc[1], teacher_kind_names[2], 100 * acc[2], teacher_kind_names[3], 100 * acc[3],
                        (double)tally[TALLY_SKIP], exp(head[ke]), rate);
                 fprintf(elog, "%d,%.6f,%.4f,%.4f,%.4f,%.4f,%.4f,%.0f\n", epoch + 1, eloss,
                         acc[0], acc[1], acc[2], exp(head[ke]), acc[3], (double)tally[TALLY_SKIP]);
@@ -766,10 +532,7 @@ int main(int argc, char **argv) {
     if (log) fclose(log);
     if (elog) fclose(elog);
     free(head), free(head_m), free(head_v), free(tail), free(demb), free(order), free(samples);
-    free(ld.imgs), free(ld.target), free(ld.kind), free(ld.labelled), free(ld.counts);
-    free(ld.slots), free(ld.cat);
-    image_free(&ld.im);
-    image_work_free(&ld.ws);
+    teacher_loader_free(&ld);
     contrastive_free(&cl);
     adamw_free(&opt);
     grad_reduce_free(&gr, &m);
