@@ -27,6 +27,53 @@ int region_counts_init(RegionCounts *rc, int num_classes) {
     return 0;
 }
 
+int region_counts_reduce(RegionCounts *rc, MPI_Comm comm) {
+    int rank, size, K = rc->num_classes;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    MPI_Allreduce(MPI_IN_PLACE, rc->count, K, MPI_LONG, MPI_SUM, comm);
+    MPI_Allreduce(MPI_IN_PLACE, rc->top1, EVAL_METHODS * K, MPI_LONG, MPI_SUM, comm);
+    MPI_Allreduce(MPI_IN_PLACE, rc->top5, EVAL_METHODS * K, MPI_LONG, MPI_SUM, comm);
+    MPI_Allreduce(MPI_IN_PLACE, &rc->vanished, 1, MPI_LONG, MPI_SUM, comm);
+    MPI_Allreduce(MPI_IN_PLACE, rc->seg_inter, K, MPI_LONG, MPI_SUM, comm);
+    MPI_Allreduce(MPI_IN_PLACE, rc->seg_gt, K, MPI_LONG, MPI_SUM, comm);
+    MPI_Allreduce(MPI_IN_PLACE, rc->seg_pred, K, MPI_LONG, MPI_SUM, comm);
+    /* every region's record on rank 0, in image order (for intervals by resampling images) */
+    int bytes = (int)(rc->num_regions * (long)sizeof(RegionRec)), *cnt = NULL, *dsp = NULL;
+    int ok = 1;
+    if (rank == 0) {
+        cnt = calloc((size_t)size, sizeof(int)), dsp = calloc((size_t)size, sizeof(int));
+        ok = cnt && dsp;
+    }
+    MPI_Bcast(&ok, 1, MPI_INT, 0, comm);
+    if (!ok) {
+        free(cnt), free(dsp);
+        CS_FAIL("out of memory");
+    }
+    MPI_Gather(&bytes, 1, MPI_INT, cnt, 1, MPI_INT, 0, comm);
+    RegionRec *all = NULL;
+    long total = 0;
+    if (rank == 0) {
+        for (int r = 0; r < size; r++) dsp[r] = (int)total, total += cnt[r];
+        all = malloc(total ? (size_t)total : 1);
+        ok = all != NULL;
+    }
+    MPI_Bcast(&ok, 1, MPI_INT, 0, comm);
+    if (!ok) {
+        free(cnt), free(dsp);
+        CS_FAIL("out of memory for %ld region records", total / (long)sizeof(RegionRec));
+    }
+    MPI_Gatherv(rc->regions, bytes, MPI_BYTE, all, cnt, dsp, MPI_BYTE, 0, comm);
+    if (rank == 0) {
+        free(rc->regions);
+        rc->regions = all;
+        rc->num_regions = rc->cap_regions = total / (long)sizeof(RegionRec);
+        region_recs_sort(rc->regions, rc->num_regions);
+    }
+    free(cnt), free(dsp);
+    return 0;
+}
+
 void region_counts_free(RegionCounts *rc) {
     free(rc->count), free(rc->top1), free(rc->top5);
     free(rc->seg_inter), free(rc->seg_gt), free(rc->seg_pred), free(rc->regions);

@@ -11,6 +11,7 @@
 #ifndef CLIPSELF_REGIONEVAL_H
 #define CLIPSELF_REGIONEVAL_H
 
+#include <mpi.h>
 #include <stdint.h>
 
 #include "io/classes.h"
@@ -72,6 +73,10 @@ typedef struct {
 } RegionEval;
 
 int region_counts_init(RegionCounts *rc, int num_classes);
+/* Sum every rank's tallies over comm (all ranks get the sums), and gather every region record
+ * on rank 0 in image order (region_recs_sort; the other ranks' lists are left as they are).
+ * Collective over comm. */
+int region_counts_reduce(RegionCounts *rc, MPI_Comm comm);
 
 /* The rank of class y among logits (K): how many OTHER classes score at least as high. Ties
  * count against y, so a region whose feature is all zeros (every class ties) is never right;
