@@ -79,7 +79,7 @@ TR2=("${TR[@]}" --batch 2 --epochs 2 --save-every 2)
 run "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/full"
 setsid "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/killed" >>"$T/log" 2>&1 &
 pid=$!
-for _ in $(seq 1 600); do [ -e "$T/killed/step_00000006.h5" ] && break; sleep 0.02; done
+for _ in $(seq 1 600); do [ -e "$T/killed/step_00000002.h5" ] && break; sleep 0.02; done
 kill_group "$pid"
 check "train_student: the kill came before the end" test ! -e "$T/killed/student.h5"
 check "train_student: a fresh run refuses a folder with checkpoints" bash -c \
