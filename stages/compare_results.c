@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_gen.h>
-#include <yajl/yajl_tree.h>
 
 #include "base/check.h"
 #include "base/fileio.h"
@@ -20,7 +19,6 @@
 #include "method/regioneval.h"
 #include "results/report.h"
 
-enum { NMETRICS = EVAL_METHODS * 2 * 2 };
 static const char *const kinds[2] = {"thing", "stuff"};
 
 /* One manifest line and what was found in its result file. */
@@ -29,30 +27,15 @@ typedef struct {
     int line;
     char *status;                  /* "ok", "missing" or "invalid: <reason>" */
     int ok;
-    char digest[17];               /* "" when the result has none */
-    long images, segments;
-    int has_value[NMETRICS];       /* 0: the metric is null */
-    double value[NMETRICS];
-    char *raw[NMETRICS];           /* the number as written in the result, copied verbatim */
-    int has_seg[3];                /* zero-shot segmentation mIoU: all, thing, stuff (0: absent, */
-    double seg[3];                 /* as in results from before it existed, or null) */
-    RegionRec *reg;                /* the result's regions (NULL in older results) */
-    long nreg;
-    int *isthing, ncls;            /* per class (per_class order): 1 for a thing */
+    ReportResult res;              /* what was read (empty unless ok) */
 } Entry;
 
-static const char *const seg_keys[3] = {"miou", "miou_thing", "miou_stuff"};
 static const char *const seg_names[3] = {"all", "thing", "stuff"};
 
 typedef struct {
     Entry *e;
     int n, cap;
 } Manifest;
-
-static void metric_key(char *key, size_t len, int i) {
-    int m = i / 4, s = i / 2 % 2, t = i % 2;
-    snprintf(key, len, "%s.%s.macc%d", eval_method_names[m], kinds[s], t ? 5 : 1);
-}
 
 /* ---- a growing text buffer ---------------------------------------------------------------- */
 typedef struct {
@@ -170,148 +153,28 @@ static void manifest_free(Manifest *mf) {
     for (int i = 0; i < mf->n; i++) {
         Entry *e = &mf->e[i];
         free(e->label), free(e->model), free(e->bench), free(e->result), free(e->status);
-        for (int k = 0; k < NMETRICS; k++) free(e->raw[k]);
-        free(e->reg), free(e->isthing);
+        report_result_free(&e->res);
     }
     free(mf->e);
     memset(mf, 0, sizeof *mf);
 }
 
 /* ---- one result file ---------------------------------------------------------------------- */
-/* Read a whole file; returns NULL with *missing set when it does not exist, or NULL with the
- * reason in why otherwise. */
-static char *slurp(const char *path, int *missing, char *why, size_t whylen) {
-    char *text;
-    size_t n;
-    *missing = 0;
-    if (file_read_all(path, "results JSON", &text, &n) != 0) {
-        *missing = errno == ENOENT;
-        snprintf(why, whylen, "unreadable: %s", strerror(errno));
-        return NULL;
-    }
-    if (memchr(text, '\0', n)) {
-        snprintf(why, whylen, "unreadable: not a text file");
-        free(text);
-        return NULL;
-    }
-    return text;
-}
-
-/* Fill e from its result file; returns the reason (in why) it is unusable, or NULL. */
-static const char *load_result_(Entry *e, yajl_val root, char *why, size_t whylen) {
-    if (!YAJL_IS_OBJECT(root)) return "not a JSON object";
-    const char *p_dataset[] = {"dataset", NULL}, *p_metrics[] = {"metrics", NULL};
-    const char *p_images[] = {"images", NULL}, *p_segments[] = {"segments", NULL};
-    const char *p_digest[] = {"model_digest", NULL};
-    const char *ds = YAJL_GET_STRING(yajl_tree_get(root, p_dataset, yajl_t_string));
-    if (!ds) return "no \"dataset\"";
-    if (strcmp(ds, e->bench)) {
-        snprintf(why, whylen, "its dataset is '%s', not '%s'", ds, e->bench);
-        return why;
-    }
-    yajl_val m = yajl_tree_get(root, p_metrics, yajl_t_object);
-    if (!m) return "no \"metrics\"";
-    for (int i = 0; i < NMETRICS; i++) {
-        char key[64];
-        metric_key(key, sizeof key, i);
-        const char *p_key[] = {key, NULL};
-        yajl_val v = yajl_tree_get(m, p_key, yajl_t_any);
-        if (!v) {
-            snprintf(why, whylen, "metric %s missing", key);
-            return why;
-        }
-        if (YAJL_IS_NULL(v)) continue;
-        if (!YAJL_IS_DOUBLE(v)) {
-            snprintf(why, whylen, "metric %s is not a number", key);
-            return why;
-        }
-        e->has_value[i] = 1;
-        e->value[i] = YAJL_GET_DOUBLE(v);
-        e->raw[i] = strdup(YAJL_GET_NUMBER(v));
-        if (!e->raw[i]) return "out of memory";
-    }
-    const char *p_seg[] = {"segmentation", NULL};
-    yajl_val sv = yajl_tree_get(root, p_seg, yajl_t_object);
-    for (int i = 0; sv && i < 3; i++) {
-        const char *p_key[] = {seg_keys[i], NULL};
-        yajl_val v = yajl_tree_get(sv, p_key, yajl_t_any);
-        if (v && YAJL_IS_DOUBLE(v)) e->has_seg[i] = 1, e->seg[i] = YAJL_GET_DOUBLE(v);
-    }
-    const char *p_reg[] = {"regions", NULL};
-    yajl_val rv = yajl_tree_get(root, p_reg, yajl_t_array);
-    if (rv && rv->u.array.len) {
-        e->reg = calloc(rv->u.array.len, sizeof *e->reg);
-        if (!e->reg) return "out of memory";
-        for (size_t i = 0; i < rv->u.array.len; i++) {
-            yajl_val r = rv->u.array.values[i];
-            int ok = YAJL_IS_ARRAY(r) && r->u.array.len == 4;
-            for (size_t j = 0; ok && j < 4; j++) ok = YAJL_IS_INTEGER(r->u.array.values[j]);
-            if (!ok) return "a \"regions\" entry is not [image_id, class, hit1, hit5]";
-            e->reg[i] = (RegionRec){.image_id = YAJL_GET_INTEGER(r->u.array.values[0]),
-                                    .category = (int32_t)YAJL_GET_INTEGER(r->u.array.values[1]),
-                                    .hit1 = (uint8_t)YAJL_GET_INTEGER(r->u.array.values[2]),
-                                    .hit5 = (uint8_t)YAJL_GET_INTEGER(r->u.array.values[3])};
-            if (e->reg[i].category < 0 || e->reg[i].category > 100000)
-                return "a \"regions\" entry has a bad class";
-        }
-        e->nreg = (long)rv->u.array.len;
-    }
-    const char *p_pc[] = {"per_class", NULL}, *p_it[] = {"isthing", NULL};
-    yajl_val pc = yajl_tree_get(root, p_pc, yajl_t_array);
-    if (pc && pc->u.array.len) {
-        e->isthing = calloc(pc->u.array.len, sizeof(int));
-        if (!e->isthing) return "out of memory";
-        for (size_t i = 0; i < pc->u.array.len; i++) {
-            yajl_val v = yajl_tree_get(pc->u.array.values[i], p_it, yajl_t_number);
-            e->isthing[i] = v && YAJL_IS_INTEGER(v) && YAJL_GET_INTEGER(v) == 1;
-        }
-        e->ncls = (int)pc->u.array.len;
-    }
-    yajl_val im = yajl_tree_get(root, p_images, yajl_t_number);
-    yajl_val sg = yajl_tree_get(root, p_segments, yajl_t_number);
-    if (!YAJL_IS_INTEGER(im) || !YAJL_IS_INTEGER(sg)) return "no \"images\" or \"segments\" count";
-    e->images = (long)YAJL_GET_INTEGER(im);
-    e->segments = (long)YAJL_GET_INTEGER(sg);
-    /* older results have no digest: null in the JSON, as is one not of 16 hex digits */
-    const char *dg = YAJL_GET_STRING(yajl_tree_get(root, p_digest, yajl_t_string));
-    if (dg && strlen(dg) == 16 && strspn(dg, "0123456789abcdef") == 16)
-        memcpy(e->digest, dg, sizeof e->digest);
-    return NULL;
-}
-
+/* Read e's result file (report_read_json) and check it is of e's benchmark; e->status says
+ * what was found: "ok", "missing" or "invalid: <reason>". */
 static int load_result(Entry *e) {
     char why[1024], status[1200];
     int missing;
-    const char *reason = NULL;
-    char *text = slurp(e->result, &missing, why, sizeof why);
-    yajl_val root = NULL;
-    if (!text) {
-        reason = why;
-    } else {
-        char err[512] = "";
-        root = yajl_tree_parse(text, err, sizeof err);
-        if (!root) {
-            err[strcspn(err, "\n")] = '\0'; /* yajl adds lines pointing at the place */
-            snprintf(why, sizeof why, "malformed JSON: %s", err[0] ? err : "parse error");
-            reason = why;
-        } else {
-            reason = load_result_(e, root, why, sizeof why);
-        }
+    int rc = report_read_json(&e->res, e->result, &missing, why, sizeof why);
+    if (!rc && strcmp(e->res.dataset, e->bench)) {
+        snprintf(why, sizeof why, "its dataset is '%s', not '%s'", e->res.dataset, e->bench);
+        report_result_free(&e->res); /* nothing half-read is reported */
+        rc = -1;
     }
     if (missing) snprintf(status, sizeof status, "missing");
-    else if (reason) snprintf(status, sizeof status, "invalid: %s", reason);
+    else if (rc) snprintf(status, sizeof status, "invalid: %s", why);
     else snprintf(status, sizeof status, "ok");
-    e->ok = !missing && !reason;
-    if (!e->ok) { /* nothing half-read is reported */
-        for (int k = 0; k < NMETRICS; k++) free(e->raw[k]), e->raw[k] = NULL, e->has_value[k] = 0;
-        for (int k = 0; k < 3; k++) e->has_seg[k] = 0;
-        free(e->reg), e->reg = NULL, e->nreg = 0;
-        free(e->isthing), e->isthing = NULL, e->ncls = 0;
-        e->digest[0] = '\0';
-        e->images = e->segments = 0;
-    }
-    yajl_tree_free(root);
-    free(text);
+    e->ok = rc == 0;
     e->status = strdup(status);
     CS_CHECK(e->status, "out of memory");
     return 0;
@@ -348,12 +211,12 @@ static int markdown(Buf *b, const Manifest *mf, const char **benches, int nb,
         bprintf(b, "\n### ");
         bcell(b, benches[j]);
         bprintf(b, "\n\n| model |");
-        for (int i = 0; i < NMETRICS; i++)
+        for (int i = 0; i < REPORT_METRICS; i++)
             bprintf(b, " %s %s top-%d |", eval_method_names[i / 4], kinds[i / 2 % 2],
                     i % 2 ? 5 : 1);
         for (int i = 0; i < 3; i++) bprintf(b, " mIoU %s |", seg_names[i]);
         bprintf(b, " images |\n|---|");
-        for (int i = 0; i <= NMETRICS + 3; i++) bprintf(b, "---:|");
+        for (int i = 0; i <= REPORT_METRICS + 3; i++) bprintf(b, "---:|");
         bprintf(b, "\n");
         for (int l = 0; l < nl; l++) {
             const Entry *e = find(mf, labels[l], benches[j]);
@@ -363,15 +226,15 @@ static int markdown(Buf *b, const Manifest *mf, const char **benches, int nb,
             bprintf(b, " |");
             if (!e->ok) {
                 bprintf(b, " %s |", strncmp(e->status, "invalid", 7) ? e->status : "invalid");
-                for (int i = 1; i <= NMETRICS + 3; i++) bprintf(b, " |");
+                for (int i = 1; i <= REPORT_METRICS + 3; i++) bprintf(b, " |");
             } else {
-                for (int i = 0; i < NMETRICS; i++)
-                    if (e->has_value[i]) bprintf(b, " %.2f |", 100.0 * e->value[i]);
+                for (int i = 0; i < REPORT_METRICS; i++)
+                    if (e->res.has_value[i]) bprintf(b, " %.2f |", 100.0 * e->res.value[i]);
                     else bprintf(b, " - |");
                 for (int i = 0; i < 3; i++)
-                    if (e->has_seg[i]) bprintf(b, " %.2f |", 100.0 * e->seg[i]);
+                    if (e->res.has_seg[i]) bprintf(b, " %.2f |", 100.0 * e->res.seg[i]);
                     else bprintf(b, " - |");
-                bprintf(b, " %ld |", e->images);
+                bprintf(b, " %ld |", e->res.images);
             }
             bprintf(b, "\n");
         }
@@ -412,7 +275,7 @@ static void boot_macc(const RegionRec *reg, const long *first, const long *count
             for (int m = 0; m < EVAL_METHODS; m++)
                 t[1 + m] += reg[r].hit1 >> m & 1, t[4 + m] += reg[r].hit5 >> m & 1;
         }
-    for (int i = 0; i < NMETRICS; i++) {
+    for (int i = 0; i < REPORT_METRICS; i++) {
         int m = i / 4, st = i / 2 % 2, top5 = i % 2;
         double sum = 0;
         int nc = 0;
@@ -435,37 +298,37 @@ static int cmp_double(const void *a, const void *b) {
  * same every run). 0 with lo/hi filled; -1 when the two results do not hold the same images'
  * regions (then no interval is shown). */
 static int boot_interval(const Entry *x, const Entry *y, double *lo, double *hi) {
-    const int *thing = x->isthing;
-    int K = x->ncls;
-    if (!x->reg || !y->reg || x->nreg != y->nreg || !thing || K != y->ncls) return -1;
-    for (long r = 0; r < x->nreg; r++)
-        if (x->reg[r].image_id != y->reg[r].image_id || x->reg[r].category != y->reg[r].category)
+    const int *thing = x->res.isthing;
+    int K = x->res.ncls;
+    if (!x->res.reg || !y->res.reg || x->res.nreg != y->res.nreg || !thing || K != y->res.ncls) return -1;
+    for (long r = 0; r < x->res.nreg; r++)
+        if (x->res.reg[r].image_id != y->res.reg[r].image_id || x->res.reg[r].category != y->res.reg[r].category)
             return -1;
-    for (long r = 0; r < x->nreg; r++)
-        if (x->reg[r].category >= K) return -1;
+    for (long r = 0; r < x->res.nreg; r++)
+        if (x->res.reg[r].category >= K) return -1;
     long n = 0; /* images: runs of equal image id */
-    for (long r = 0; r < x->nreg; r++) n += r == 0 || x->reg[r].image_id != x->reg[r - 1].image_id;
+    for (long r = 0; r < x->res.nreg; r++) n += r == 0 || x->res.reg[r].image_id != x->res.reg[r - 1].image_id;
     long *first = malloc((size_t)n * sizeof(long)), *count = calloc((size_t)n, sizeof(long));
     int *draw = malloc((size_t)n * sizeof(int));
     long *tally = malloc((size_t)K * 7 * sizeof(long));
-    double *diff = malloc((size_t)BOOT_DRAWS * NMETRICS * sizeof(double));
+    double *diff = malloc((size_t)BOOT_DRAWS * REPORT_METRICS * sizeof(double));
     if (!first || !count || !draw || !tally || !diff) {
         free(first), free(count), free(draw), free(tally), free(diff);
         return -1;
     }
-    for (long r = 0, i = -1; r < x->nreg; r++) {
-        if (r == 0 || x->reg[r].image_id != x->reg[r - 1].image_id) first[++i] = r;
+    for (long r = 0, i = -1; r < x->res.nreg; r++) {
+        if (r == 0 || x->res.reg[r].image_id != x->res.reg[r - 1].image_id) first[++i] = r;
         count[i]++;
     }
     uint64_t s = 0x5EED0F1A7E5ULL;
-    double a[NMETRICS], b[NMETRICS];
+    double a[REPORT_METRICS], b[REPORT_METRICS];
     for (int d = 0; d < BOOT_DRAWS; d++) {
         for (long i = 0; i < n; i++) draw[i] = (int)rng_below(&s, (uint32_t)n);
-        boot_macc(x->reg, first, count, draw, (int)n, K, thing, tally, a);
-        boot_macc(y->reg, first, count, draw, (int)n, K, thing, tally, b);
-        for (int i = 0; i < NMETRICS; i++) diff[(size_t)i * BOOT_DRAWS + d] = b[i] - a[i];
+        boot_macc(x->res.reg, first, count, draw, (int)n, K, thing, tally, a);
+        boot_macc(y->res.reg, first, count, draw, (int)n, K, thing, tally, b);
+        for (int i = 0; i < REPORT_METRICS; i++) diff[(size_t)i * BOOT_DRAWS + d] = b[i] - a[i];
     }
-    for (int i = 0; i < NMETRICS; i++) {
+    for (int i = 0; i < REPORT_METRICS; i++) {
         double *v = diff + (size_t)i * BOOT_DRAWS;
         int k = 0; /* a class absent from a draw gives NaN: keep the finite ones */
         for (int d = 0; d < BOOT_DRAWS; d++)
@@ -485,7 +348,7 @@ static int before_after(Buf *b, const Manifest *mf, const char **benches, int nb
     for (int j = 0; j < nb; j++) {
         const Entry *x = find(mf, before, benches[j]), *y = find(mf, after, benches[j]);
         if (!x || !y || !x->ok || !y->ok) continue;
-        double lo[NMETRICS], hi[NMETRICS];
+        double lo[REPORT_METRICS], hi[REPORT_METRICS];
         int ci = boot_interval(x, y, lo, hi) == 0;
         bprintf(b, "\n### Before/after on ");
         bcell(b, benches[j]);
@@ -503,25 +366,25 @@ static int before_after(Buf *b, const Manifest *mf, const char **benches, int nb
         bprintf(b, " | top-5 ");
         bcell(b, after);
         bprintf(b, " | change |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
-        for (int i = 0; i < NMETRICS; i += 2) {
+        for (int i = 0; i < REPORT_METRICS; i += 2) {
             bprintf(b, "| %s | %s |", eval_method_names[i / 4], kinds[i / 2 % 2]);
             for (int t = 0; t < 2; t++) {
                 int k = i + t;
-                if (x->has_value[k]) bprintf(b, " %.2f |", 100.0 * x->value[k]);
+                if (x->res.has_value[k]) bprintf(b, " %.2f |", 100.0 * x->res.value[k]);
                 else bprintf(b, " - |");
-                if (y->has_value[k]) bprintf(b, " %.2f |", 100.0 * y->value[k]);
+                if (y->res.has_value[k]) bprintf(b, " %.2f |", 100.0 * y->res.value[k]);
                 else bprintf(b, " - |");
-                if (x->has_value[k] && y->has_value[k] && ci && !isnan(lo[k]))
-                    bprintf(b, " %+.2f [%+.1f, %+.1f] |", 100.0 * (y->value[k] - x->value[k]),
+                if (x->res.has_value[k] && y->res.has_value[k] && ci && !isnan(lo[k]))
+                    bprintf(b, " %+.2f [%+.1f, %+.1f] |", 100.0 * (y->res.value[k] - x->res.value[k]),
                             100.0 * lo[k], 100.0 * hi[k]);
-                else if (x->has_value[k] && y->has_value[k])
-                    bprintf(b, " %+.2f |", 100.0 * (y->value[k] - x->value[k]));
+                else if (x->res.has_value[k] && y->res.has_value[k])
+                    bprintf(b, " %+.2f |", 100.0 * (y->res.value[k] - x->res.value[k]));
                 else bprintf(b, " - |");
             }
             bprintf(b, "\n");
         }
         /* the zero-shot segmentation, where both results have it */
-        if (x->has_seg[0] && y->has_seg[0]) {
+        if (x->res.has_seg[0] && y->res.has_seg[0]) {
             bprintf(b, "\nZero-shot segmentation, mIoU %% (per-pixel argmax of the dense map):\n\n"
                        "| mIoU | ");
             bcell(b, before);
@@ -530,9 +393,9 @@ static int before_after(Buf *b, const Manifest *mf, const char **benches, int nb
             bprintf(b, " | change |\n|---|---:|---:|---:|\n");
             for (int i = 0; i < 3; i++) {
                 bprintf(b, "| %s |", seg_names[i]);
-                if (x->has_seg[i] && y->has_seg[i])
-                    bprintf(b, " %.2f | %.2f | %+.2f |\n", 100.0 * x->seg[i], 100.0 * y->seg[i],
-                            100.0 * (y->seg[i] - x->seg[i]));
+                if (x->res.has_seg[i] && y->res.has_seg[i])
+                    bprintf(b, " %.2f | %.2f | %+.2f |\n", 100.0 * x->res.seg[i], 100.0 * y->res.seg[i],
+                            100.0 * (y->res.seg[i] - x->res.seg[i]));
                 else bprintf(b, " - | - | - |\n");
             }
         }
@@ -576,22 +439,22 @@ static int json(const char *path, const Manifest *mf, const char **benches, int 
         GS(g, "result"), GS(g, e->result);
         GS(g, "status"), GS(g, e->status);
         GS(g, "model_digest");
-        if (e->digest[0]) GS(g, e->digest);
+        if (e->res.digest[0]) GS(g, e->res.digest);
         else yajl_gen_null(g);
         GS(g, "images");
-        if (e->ok) yajl_gen_integer(g, e->images);
+        if (e->ok) yajl_gen_integer(g, e->res.images);
         else yajl_gen_null(g);
         GS(g, "segments");
-        if (e->ok) yajl_gen_integer(g, e->segments);
+        if (e->ok) yajl_gen_integer(g, e->res.segments);
         else yajl_gen_null(g);
         GS(g, "metrics");
         if (e->ok) {
             yajl_gen_map_open(g);
-            for (int k = 0; k < NMETRICS; k++) {
+            for (int k = 0; k < REPORT_METRICS; k++) {
                 char key[64];
-                metric_key(key, sizeof key, k);
+                report_metric_key(key, sizeof key, k);
                 GS(g, key);
-                if (e->has_value[k]) yajl_gen_number(g, e->raw[k], strlen(e->raw[k]));
+                if (e->res.has_value[k]) yajl_gen_number(g, e->res.raw[k], strlen(e->res.raw[k]));
                 else yajl_gen_null(g);
             }
             yajl_gen_map_close(g);

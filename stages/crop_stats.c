@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <yajl/yajl_tree.h>
 
 #include "base/check.h"
 #include "base/fileio.h"
@@ -61,23 +60,16 @@ static int classify_box(const float *b, const uint32_t *ids, int w, int h,
 
 /* per_class rois_top1 / samples of a results JSON into acc (K), NaN without samples. */
 static int rois_per_class(const char *path, int K, double *acc) {
-    char *text;
-    size_t n;
-    CS_TRY(file_read_all(path, "results JSON", &text, &n));
-    char err[256];
-    yajl_val root = yajl_tree_parse(text, err, sizeof err);
-    free(text);
-    CS_CHECK(root, "%s: malformed JSON", path);
-    const char *p_pc[] = {"per_class", NULL}, *p_s[] = {"samples", NULL}, *p_h[] = {"rois_top1", NULL};
-    yajl_val pc = yajl_tree_get(root, p_pc, yajl_t_array);
-    int ok = pc && (int)pc->u.array.len == K;
+    ReportResult r;
+    int missing;
+    char why[1024];
+    CS_CHECK(report_read_json(&r, path, &missing, why, sizeof why) == 0, "%s: %s", path, why);
+    int ok = r.ncls == K;
     for (int k = 0; ok && k < K; k++) {
-        yajl_val s = yajl_tree_get(pc->u.array.values[k], p_s, yajl_t_number);
-        yajl_val hh = yajl_tree_get(pc->u.array.values[k], p_h, yajl_t_number);
-        ok = s && hh;
-        if (ok) acc[k] = YAJL_GET_INTEGER(s) ? (double)YAJL_GET_INTEGER(hh) / (double)YAJL_GET_INTEGER(s) : -1;
+        ok = r.samples[k] >= 0 && r.rois_top1[k] >= 0;
+        if (ok) acc[k] = r.samples[k] ? (double)r.rois_top1[k] / (double)r.samples[k] : -1;
     }
-    yajl_tree_free(root);
+    report_result_free(&r);
     CS_CHECK(ok, "%s: no per_class list of %d classes with samples and rois_top1", path, K);
     return 0;
 }

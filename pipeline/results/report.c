@@ -54,16 +54,14 @@ int report_write_json(const char *path, const ReportInfo *info, const RegionCoun
     yajl_gen_array_close(g);
     GS(g, "metrics");
     yajl_gen_map_open(g);
-    static const char *kind[2] = {"thing", "stuff"};
-    for (int m = 0; m < EVAL_METHODS; m++)
-        for (int s = 0; s < 2; s++)
-            for (int t = 0; t < 2; t++) {
-                char key[64];
-                snprintf(key, sizeof key, "%s.%s.macc%d", eval_method_names[m], kind[s], t ? 5 : 1);
-                GS(g, key);
-                if (isnan(macc[m][s][t])) yajl_gen_null(g);
-                else yajl_gen_double(g, macc[m][s][t]);
-            }
+    for (int i = 0; i < REPORT_METRICS; i++) {
+        char key[64];
+        report_metric_key(key, sizeof key, i);
+        double v = macc[i / 4][i / 2 % 2][i % 2];
+        GS(g, key);
+        if (isnan(v)) yajl_gen_null(g);
+        else yajl_gen_double(g, v);
+    }
     yajl_gen_map_close(g);
     double miou[3];
     region_miou(rc, cats, &miou[0], &miou[1], &miou[2]);
@@ -202,4 +200,139 @@ int report_check_json(const char *path, const ReportInfo *want) {
     int rc = check_tree(root, path, want);
     yajl_tree_free(root);
     return rc;
+}
+
+void report_metric_key(char *key, size_t len, int i) {
+    static const char *const kind[2] = {"thing", "stuff"};
+    snprintf(key, len, "%s.%s.macc%d", eval_method_names[i / 4], kind[i / 2 % 2],
+             i % 2 ? 5 : 1);
+}
+
+void report_result_free(ReportResult *r) {
+    free(r->dataset);
+    for (int k = 0; k < REPORT_METRICS; k++) free(r->raw[k]);
+    free(r->reg), free(r->isthing), free(r->samples), free(r->rois_top1);
+    memset(r, 0, sizeof *r);
+}
+
+/* Fill r from the parsed tree; returns the reason it is unusable (in why), or NULL. */
+static const char *read_tree(ReportResult *r, yajl_val root, char *why, size_t whylen) {
+    if (!YAJL_IS_OBJECT(root)) return "not a JSON object";
+    const char *p_dataset[] = {"dataset", NULL}, *p_metrics[] = {"metrics", NULL};
+    const char *p_images[] = {"images", NULL}, *p_segments[] = {"segments", NULL};
+    const char *p_digest[] = {"model_digest", NULL};
+    const char *ds = YAJL_GET_STRING(yajl_tree_get(root, p_dataset, yajl_t_string));
+    if (!ds) return "no \"dataset\"";
+    if (!(r->dataset = strdup(ds))) return "out of memory";
+    yajl_val m = yajl_tree_get(root, p_metrics, yajl_t_object);
+    if (!m) return "no \"metrics\"";
+    for (int i = 0; i < REPORT_METRICS; i++) {
+        char key[64];
+        report_metric_key(key, sizeof key, i);
+        const char *p_key[] = {key, NULL};
+        yajl_val v = yajl_tree_get(m, p_key, yajl_t_any);
+        if (!v) {
+            snprintf(why, whylen, "metric %s missing", key);
+            return why;
+        }
+        if (YAJL_IS_NULL(v)) continue;
+        if (!YAJL_IS_DOUBLE(v)) {
+            snprintf(why, whylen, "metric %s is not a number", key);
+            return why;
+        }
+        r->has_value[i] = 1;
+        r->value[i] = YAJL_GET_DOUBLE(v);
+        if (!(r->raw[i] = strdup(YAJL_GET_NUMBER(v)))) return "out of memory";
+    }
+    static const char *const seg_keys[3] = {"miou", "miou_thing", "miou_stuff"};
+    const char *p_seg[] = {"segmentation", NULL};
+    yajl_val sv = yajl_tree_get(root, p_seg, yajl_t_object);
+    for (int i = 0; sv && i < 3; i++) {
+        const char *p_key[] = {seg_keys[i], NULL};
+        yajl_val v = yajl_tree_get(sv, p_key, yajl_t_any);
+        if (v && YAJL_IS_DOUBLE(v)) r->has_seg[i] = 1, r->seg[i] = YAJL_GET_DOUBLE(v);
+    }
+    const char *p_reg[] = {"regions", NULL};
+    yajl_val rv = yajl_tree_get(root, p_reg, yajl_t_array);
+    if (rv && rv->u.array.len) {
+        if (!(r->reg = calloc(rv->u.array.len, sizeof *r->reg))) return "out of memory";
+        for (size_t i = 0; i < rv->u.array.len; i++) {
+            yajl_val x = rv->u.array.values[i];
+            int ok = YAJL_IS_ARRAY(x) && x->u.array.len == 4;
+            for (size_t j = 0; ok && j < 4; j++) ok = YAJL_IS_INTEGER(x->u.array.values[j]);
+            if (!ok) return "a \"regions\" entry is not [image_id, class, hit1, hit5]";
+            r->reg[i] = (RegionRec){.image_id = YAJL_GET_INTEGER(x->u.array.values[0]),
+                                    .category = (int32_t)YAJL_GET_INTEGER(x->u.array.values[1]),
+                                    .hit1 = (uint8_t)YAJL_GET_INTEGER(x->u.array.values[2]),
+                                    .hit5 = (uint8_t)YAJL_GET_INTEGER(x->u.array.values[3])};
+            if (r->reg[i].category < 0 || r->reg[i].category > 100000)
+                return "a \"regions\" entry has a bad class";
+        }
+        r->nreg = (long)rv->u.array.len;
+    }
+    const char *p_pc[] = {"per_class", NULL}, *p_it[] = {"isthing", NULL};
+    const char *p_s[] = {"samples", NULL}, *p_h[] = {"rois_top1", NULL};
+    yajl_val pc = yajl_tree_get(root, p_pc, yajl_t_array);
+    if (pc && pc->u.array.len) {
+        size_t K = pc->u.array.len;
+        r->isthing = calloc(K, sizeof(int));
+        r->samples = calloc(K, sizeof(long)), r->rois_top1 = calloc(K, sizeof(long));
+        if (!r->isthing || !r->samples || !r->rois_top1) return "out of memory";
+        for (size_t i = 0; i < K; i++) {
+            yajl_val c = pc->u.array.values[i];
+            yajl_val v = yajl_tree_get(c, p_it, yajl_t_number);
+            r->isthing[i] = v && YAJL_IS_INTEGER(v) && YAJL_GET_INTEGER(v) == 1;
+            /* -1: not given (a per_class entry without the counts) */
+            yajl_val n = yajl_tree_get(c, p_s, yajl_t_number), h = yajl_tree_get(c, p_h,
+                                                                                 yajl_t_number);
+            r->samples[i] = n && YAJL_IS_INTEGER(n) ? (long)YAJL_GET_INTEGER(n) : -1;
+            r->rois_top1[i] = h && YAJL_IS_INTEGER(h) ? (long)YAJL_GET_INTEGER(h) : -1;
+        }
+        r->ncls = (int)K;
+    }
+    yajl_val im = yajl_tree_get(root, p_images, yajl_t_number);
+    yajl_val sg = yajl_tree_get(root, p_segments, yajl_t_number);
+    if (!YAJL_IS_INTEGER(im) || !YAJL_IS_INTEGER(sg)) return "no \"images\" or \"segments\" count";
+    r->images = (long)YAJL_GET_INTEGER(im);
+    r->segments = (long)YAJL_GET_INTEGER(sg);
+    /* older results have no digest: null in the JSON, as is one not of 16 hex digits */
+    const char *dg = YAJL_GET_STRING(yajl_tree_get(root, p_digest, yajl_t_string));
+    if (dg && strlen(dg) == 16 && strspn(dg, "0123456789abcdef") == 16)
+        memcpy(r->digest, dg, sizeof r->digest);
+    return NULL;
+}
+
+int report_read_json(ReportResult *r, const char *path, int *missing, char *why,
+                     size_t whylen) {
+    memset(r, 0, sizeof *r);
+    *missing = 0;
+    char *text;
+    size_t n;
+    if (file_read_all(path, "results JSON", &text, &n) != 0) {
+        *missing = errno == ENOENT;
+        snprintf(why, whylen, "unreadable: %s", strerror(errno));
+        return -1;
+    }
+    const char *reason = NULL;
+    char buf[1024];
+    yajl_val root = NULL;
+    if (memchr(text, '\0', n)) {
+        reason = "unreadable: not a text file";
+    } else {
+        char err[512] = "";
+        root = yajl_tree_parse(text, err, sizeof err);
+        if (!root) {
+            err[strcspn(err, "\n")] = '\0'; /* yajl adds lines pointing at the place */
+            snprintf(buf, sizeof buf, "malformed JSON: %s", err[0] ? err : "parse error");
+            reason = buf;
+        } else {
+            reason = read_tree(r, root, buf, sizeof buf);
+        }
+    }
+    yajl_tree_free(root);
+    free(text);
+    if (!reason) return 0;
+    snprintf(why, whylen, "%s", reason);
+    report_result_free(r);
+    return -1;
 }
