@@ -22,6 +22,7 @@
 
 #include "base/check.h"
 #include "base/digest.h"
+#include "base/geometry.h"
 #include "base/progress.h"
 #include "base/rng.h"
 #include "base/stage.h"
@@ -230,14 +231,14 @@ static int batch_load(Batch *b, const int *ids, int epoch, const char *images,
         CS_TRY(coco_image_path(ipath, sizeof ipath, images, cf->file_name[i]));
         CS_TRY(image_read_jpeg(&b->im, ipath));
         CS_TRY(preprocess_full(b->imgs + (size_t)k * 3 * S * S, &b->im, S, &b->ws));
-        double scale = (double)S / (double)(b->im.w > b->im.h ? b->im.w : b->im.h);
+        double scale = geom_fit_scale(S, b->im.w, b->im.h);
         long r0 = cf->first[(size_t)i * cf->epochs + epoch];
         int n = cf->count[(size_t)i * cf->epochs + epoch];
         CS_TRY(teacher_cache_read(tc, r0, n, b->target + (size_t)b->R * b->E, b->vrow));
         for (int j = 0; j < n; j++) {
             float *o = b->boxes + (size_t)(b->R + j) * 5;
             o[0] = (float)k;
-            crop_token_box(o + 1, cf->rows[r0 + j].box, scale, S, b->grid);
+            geom_token_box(o + 1, cf->rows[r0 + j].box, scale, S, b->grid);
         }
         b->R += n;
     }

@@ -2,11 +2,12 @@
  * reference's box arithmetic (fixture crops.h5). Region-proposal mode (crops_for_proposals):
  * which boxes are drawn, the area filter, boxes wholly outside the image skipped, the teacher's
  * 1.5x crop clipped to the image, the fallback box, the counts of what was left out, and the
- * student's box on the token grid (crop_token_box); grid mode's teacher crops with
+ * student's box on the token grid (geom_token_box); grid mode's teacher crops with
  * --crop-scale (crops_scale_teacher). Every value must be bit-identical: the boxes are what
  * the reference computes in float32 and in Python floats. */
 #include <stdint.h>
 
+#include "base/geometry.h"
 #include "method/crops.h"
 #include "testutil.h"
 
@@ -84,7 +85,7 @@ static void proposal_case(hid_t f, const char *name) {
         for (int r = 0; r < k; r++) {
             memcpy(sb + 4 * r, out[r].box, sizeof out[r].box);
             memcpy(tb + 4 * r, out[r].tbox, sizeof out[r].tbox);
-            crop_token_box(tk + 4 * r, out[r].box, (double)S / (double)(w > h ? w : h), S, gs);
+            geom_token_box(tk + 4 * r, out[r].box, geom_fit_scale(S, w, h), S, gs);
             ok &= out[r].image == 3 && out[r].epoch == epoch && out[r].m == 0 && out[r].n == 0;
         }
         snprintf(label, sizeof label, "proposals %s: image, epoch, no layout", name);

@@ -512,7 +512,7 @@ static void pad_normalize(float *out, const Image *im, int S, int left, int top)
 
 /* The reference's new size for a longest side of S: round(dim * (S / max(w, h))). */
 static int fit_longest(int *nw, int *nh, int w, int h, int S, const char *what) {
-    double scale = (double)S / (double)(w > h ? w : h);
+    double scale = geom_fit_scale(S, w, h);
     CS_CHECK(geom_round_int(w * scale, nw) == 0 && geom_round_int(h * scale, nh) == 0,
              "%s: cannot scale %d x %d to %d", what, w, h, S);
     CS_CHECK(*nw > 0 && *nh > 0 && *nw <= S && *nh <= S,
@@ -549,7 +549,7 @@ int preprocess_crop(float *out, const Image *im, const double box[4], int S, Ima
     if (image_crop(&w->crop, im, box) != 0) goto done;
     const Image *src = &w->crop;
     int cw = w->crop.w, ch = w->crop.h;
-    if ((double)S / (double)(cw > ch ? cw : ch) != 1.0) {
+    if (geom_fit_scale(S, cw, ch) != 1.0) {
         int nw, nh;
         if (fit_longest(&nw, &nh, cw, ch, S, "preprocess_crop") != 0) goto done;
         if (image_resize_bicubic(&w->resized, src, nw, nh, w) != 0) goto done;

@@ -133,6 +133,3 @@ float linspace01(int i, int steps) {
     return i < half ? step * (float)i : 1.0f - step * (float)(steps - i - 1);
 }
 
-void crop_token_box(float out[4], const float box[4], double scale, int S, int g) {
-    for (int q = 0; q < 4; q++) out[q] = box[q] * (float)scale / (float)S * (float)g;
-}

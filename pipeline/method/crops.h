@@ -41,13 +41,6 @@ int crops_for_proposals(CropRow *out, int32_t image, int64_t image_id, int w, in
                         uint64_t seed, const double (*boxes)[4], int nboxes, int max_boxes,
                         double min_size, double max_size, CropStats *st);
 
-/* A box in original pixels (x0, y0, x1, y1) on the g x g token grid of the model's S x S input
- * (the image scaled by ResizeLongest(S), padded right and bottom), in the reference's float32
- * order: box * scale (scale = S / longest side, a Python float applied in float32), / S (the
- * normalised box), * g (_denormalize_boxes on the feature map). Training's pooled boxes and
- * evaluation's rois both. */
-void crop_token_box(float out[4], const float box[4], double scale, int S, int g);
-
 /* torch.linspace(0, 1, steps)[i] in float32, as the reference builds its cell edges. */
 float linspace01(int i, int steps);
 

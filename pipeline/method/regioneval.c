@@ -166,9 +166,9 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
     CS_TRY(vit_prepare(m, VIT_DENSE, 1, re->det, re->det, 0));
     vit_forward(m, re->full);
     memcpy(re->dense, m->acts.out, (size_t)N * E * sizeof(float));
-    double scale = (double)re->det / (double)(W > H ? W : H);
+    double scale = geom_fit_scale(re->det, W, H);
     /* the mask grid: ResizeLongest(det / patch) of the full-size mask, padded right/bottom */
-    double ms = (double)g / (double)(W > H ? W : H);
+    double ms = geom_fit_scale(g, W, H);
     int mh = (int)geom_round_half_even(H * ms), mw = (int)geom_round_half_even(W * ms);
     if ((size_t)W * H > re->mask_cap) {
         free(re->mask_full);
@@ -204,7 +204,7 @@ int regioneval_image(RegionEval *re, RegionCounts *rc, const Image *im, const ui
         float bx[4] = {(float)x, (float)y, (float)(x + w), (float)(y + h)};
         float *b = re->boxes + (size_t)R * 5;
         b[0] = 0.0f;
-        crop_token_box(b + 1, bx, scale, re->det, g);
+        geom_token_box(b + 1, bx, scale, re->det, g);
         for (int q = 0; q < 4; q++) re->crop_box[R][q] = cb[q];
         /* mask on the token grid: bicubic to (mh, mw), zero padding, > 0 */
         bicubic_resize(re->mask_grid, re->mask_full, H, W, mh, mw, 1);
@@ -277,7 +277,7 @@ int regioneval_segment(RegionEval *re, RegionCounts *rc, const uint32_t *ids,
     int W = pi->width, H = pi->height;
     /* tok_logits (N, K) = dense (N, E) . emb^T (K, E) */
     gemm(0, 1, N, K, E, 1.0f, re->dense, E, ce->emb, E, 0.0f, re->tok_logits, K, 0);
-    double step = (double)re->det / (double)(W > H ? W : H) / (double)c->patch;
+    double step = geom_fit_scale(re->det, W, H) / (double)c->patch;
     int *xa = malloc((size_t)W * sizeof(int)), *xb = malloc((size_t)W * sizeof(int));
     float *xw = malloc((size_t)W * sizeof(float));
     CS_CHECK(xa && xb && xw, "out of memory for %d columns", W);

@@ -292,7 +292,7 @@ int pictures_draw(Pictures *p, const Image *im, const uint32_t *ids, const CocoP
     /* 2. the ground truth */
     draw_segments(p, canvas + panel_step, stride, pw, ph, ids, W, H, pi);
     /* 3. and 4. class maps over the image part of the det x det input */
-    double scale = (double)p->det / (double)(W > H ? W : H);
+    double scale = geom_fit_scale(p->det, W, H);
     int rw = (int)geom_round_half_even(W * scale), rh = (int)geom_round_half_even(H * scale);
     rw = rw < 1 ? 1 : rw, rh = rh < 1 ? 1 : rh;
     if (p->vs) {
