@@ -75,7 +75,9 @@ check "train_student: same loss on 2 ranks x 1 and 1 rank x 2" "$PY" -c "
 import sys
 l = [open(p).read().splitlines()[1].split(',')[2] for p in ('$T/r1x2/train_log.csv', '$T/r2x1/train_log.csv')]
 sys.exit(0 if abs(float(l[0]) - float(l[1])) < 1e-6 else 1)"
-TR2=("${TR[@]}" --batch 2 --epochs 2 --save-every 2)
+# det 128 for these two runs: at 64 a step takes milliseconds and the run could end before
+# the kill below lands (seen on a loaded machine)
+TR2=("${TR[@]}" --batch 2 --epochs 2 --save-every 2 --det-size 128)
 run "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/full"
 setsid "$BIN/train_student" "${D[@]}" "${TR2[@]}" --run-dir "$T/killed" >>"$T/log" 2>&1 &
 pid=$!

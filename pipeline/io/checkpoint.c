@@ -1,12 +1,11 @@
 /* checkpoint.c: saving and loading the ViT (and AdamW state, and extra training state) as
- * HDF5, layout in checkpoint.h; the step checkpoints of a run folder.
+ * HDF5, layout in checkpoint.h (a run folder's step checkpoints: io/runfolder.c).
  *
  * HDF5's own error-stack printing is switched off for the duration of every call here: a
  * failure is reported once, through cs_error(), with the path, the object and HDF5's most
  * specific reason ("truncated file: eof = ...", "file signature not found"). */
 #include "io/checkpoint.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <hdf5.h>
 #include <stdio.h>
@@ -275,58 +274,4 @@ int vit_load(Vit *m, const char *path, const VitConfig *hint) {
     size_t n = strlen(path), k = strlen(".safetensors");
     if (n >= k && !strcmp(path + n - k, ".safetensors")) return vit_load_safetensors(m, path, hint);
     return vit_load_h5(m, path, NULL);
-}
-
-/* ---- run folders -------------------------------------------------------------------------- */
-
-int checkpoint_step_path(char *out, size_t len, const char *dir, long step) {
-    int n = snprintf(out, len, "%s/step_%08ld.h5", dir, step);
-    CS_CHECK(n >= 0 && (size_t)n < len, "checkpoint path in %s is too long", dir);
-    return 0;
-}
-
-/* The step of a file name step_N.h5, or -1. */
-static long step_of(const char *name) {
-    long s;
-    char tail[8];
-    if (sscanf(name, "step_%ld.%7s", &s, tail) == 2 && !strcmp(tail, "h5") && s >= 0) return s;
-    return -1;
-}
-
-long checkpoint_newest(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return -1;
-    long best = -1;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        long s = step_of(e->d_name);
-        if (s > best) best = s;
-    }
-    closedir(d);
-    return best;
-}
-
-static int cmp_desc(const void *a, const void *b) {
-    long x = *(const long *)a, y = *(const long *)b;
-    return (x < y) - (x > y);
-}
-
-void checkpoint_prune(const char *dir, int keep) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    long steps[4096];
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 4096) {
-        long s = step_of(e->d_name);
-        if (s >= 0) steps[n++] = s;
-    }
-    closedir(d);
-    qsort(steps, (size_t)n, sizeof steps[0], cmp_desc);
-    for (int i = keep; i < n; i++) {
-        char path[4200];
-        if (checkpoint_step_path(path, sizeof path, dir, steps[i]) == 0 && unlink(path) != 0)
-            fprintf(stderr, "warning: cannot remove old checkpoint %s: %s\n", path,
-                    strerror(errno));
-    }
 }

@@ -57,15 +57,6 @@ int checkpoint_read_extra(const char *path, const CheckpointExtra *extra, int ne
  * (num_params floats each, the caller frees them) and opt->step is set. */
 int vit_load_h5(Vit *m, const char *path, VitOptState *opt);
 
-/* A run folder's step checkpoints, named step_%08ld.h5 by the training stages. */
-int checkpoint_step_path(char *out, size_t len, const char *dir, long step);
-/* The newest step of a step_*.h5 in dir, or -1 if there is none (or no such folder). */
-long checkpoint_newest(const char *dir);
-/* Remove all but the newest keep step checkpoints of dir (each holds the parameters and both
- * AdamW moments: 1 GB for B/16). Call it after a new one is safely written. A file that cannot
- * be removed is reported on stderr and left. */
-void checkpoint_prune(const char *dir, int keep);
-
 /* Load a model from either format, chosen by the file name: ".safetensors" (open_clip or
  * Hugging Face names, see safetensors.h; hint may be NULL) or anything else as HDF5. */
 int vit_load(Vit *m, const char *path, const VitConfig *hint);

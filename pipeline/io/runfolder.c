@@ -2,6 +2,7 @@
 #include "io/runfolder.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -11,6 +12,62 @@
 
 #include "base/check.h"
 #include "base/fileio.h"
+
+/* ---- step checkpoints: step_%08ld.h5 ------------------------------------------------------ */
+
+static int step_path(char *out, size_t len, const char *dir, long step) {
+    int n = snprintf(out, len, "%s/step_%08ld.h5", dir, step);
+    CS_CHECK(n >= 0 && (size_t)n < len, "checkpoint path in %s is too long", dir);
+    return 0;
+}
+
+/* The step of a file name step_N.h5, or -1. */
+static long step_of(const char *name) {
+    long s;
+    char tail[8];
+    if (sscanf(name, "step_%ld.%7s", &s, tail) == 2 && !strcmp(tail, "h5") && s >= 0) return s;
+    return -1;
+}
+
+static long newest_step(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    long best = -1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long s = step_of(e->d_name);
+        if (s > best) best = s;
+    }
+    closedir(d);
+    return best;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x < y) - (x > y);
+}
+
+static void prune_steps(const char *dir, int keep) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    long steps[4096];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 4096) {
+        long s = step_of(e->d_name);
+        if (s >= 0) steps[n++] = s;
+    }
+    closedir(d);
+    qsort(steps, (size_t)n, sizeof steps[0], cmp_desc);
+    for (int i = keep; i < n; i++) {
+        char path[4200];
+        if (step_path(path, sizeof path, dir, steps[i]) == 0 && unlink(path) != 0)
+            fprintf(stderr, "warning: cannot remove old checkpoint %s: %s\n", path,
+                    strerror(errno));
+    }
+}
+
+/* ---- the run ----------------------------------------------------------------------------- */
 
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) {
@@ -39,7 +96,7 @@ void runfolder_signature(char *buf, size_t len, const char *dir) {
 static int open_here(RunFolder *rf, const char *signature, int resume, const char *same) {
     if (mkdir(rf->dir, 0777) != 0 && errno != EEXIST)
         CS_FAIL("cannot create %s: %s", rf->dir, strerror(errno));
-    rf->newest = checkpoint_newest(rf->dir);
+    rf->newest = newest_step(rf->dir);
     if (!resume && rf->newest >= 0) {
         snprintf(rf->hint, sizeof rf->hint, "continue it with --resume, or choose a new "
                  "--run-dir");
@@ -84,7 +141,7 @@ int runfolder_resume(RunFolder *rf, Vit *m, AdamW *opt, const CheckpointExtra *x
     *step = 0;
     if (rf->newest < 0) return 0;
     char path[4200];
-    CS_TRY(checkpoint_step_path(path, sizeof path, rf->dir, rf->newest));
+    CS_TRY(step_path(path, sizeof path, rf->dir, rf->newest));
     Vit back;
     VitOptState os;
     CS_TRY(vit_load_h5(&back, path, &os));
@@ -135,8 +192,8 @@ int runfolder_save(RunFolder *rf, const Vit *m, const AdamW *opt, long step,
     if (rf->rank != 0) return 0;
     char path[4200];
     VitOptState os = {step, opt->m, opt->v};
-    CS_TRY(checkpoint_step_path(path, sizeof path, rf->dir, step));
+    CS_TRY(step_path(path, sizeof path, rf->dir, step));
     CS_TRY(nx ? vit_save_h5_extra(m, path, &os, x, nx) : vit_save_h5(m, path, &os));
-    checkpoint_prune(rf->dir, keep);
+    prune_steps(rf->dir, keep);
     return 0;
 }
