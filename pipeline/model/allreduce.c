@@ -82,6 +82,7 @@ int grad_reduce_init(GradReduce *r, Vit *m, size_t bucket_floats, MPI_Comm comm)
     CS_ALLOC(r->stage, r->staged ? r->staged : 1);
     CS_ALLOC(r->reqs, nreq);
     CS_ALLOC(r->req_of, nreq);
+    CS_ALLOC(r->arrived, nreq);
     for (size_t k = 0; k < nreq; k++) r->reqs[k] = MPI_REQUEST_NULL;
     m->grad_ready = grad_reduce_hook;
     m->grad_ready_arg = r;
@@ -98,8 +99,9 @@ static void start_bucket(GradReduce *r, int bi) {
         }
         r->req_of[r->nreqs] = k;
         if (r->opt) /* in place: this rank's share of the sum lands at the range's start */
-            MPI_Ireduce_scatter(MPI_IN_PLACE, r->grads + g->offset, r->counts + (size_t)k * r->size,
-                                MPI_FLOAT, MPI_SUM, r->comm, &r->reqs[r->nreqs++]);
+            MPI_Ireduce_scatter(MPI_IN_PLACE, r->grads + g->offset,
+                                r->counts + (size_t)k * r->size, MPI_FLOAT, MPI_SUM, r->comm,
+                                &r->reqs[r->nreqs++]);
         else
             MPI_Iallreduce(MPI_IN_PLACE, r->grads + g->offset, (int)g->count, MPI_FLOAT, MPI_SUM,
                            r->comm, &r->reqs[r->nreqs++]);
@@ -168,41 +170,53 @@ int grad_reduce_shard(GradReduce *r, AdamW *opt) {
     return 0;
 }
 
+/* The sum of request idx has arrived: update what it covers (this rank's share of an in-place
+ * range, then start the gather of the range's parameters; or a bucket's staged ranges,
+ * whole). */
+static void update_arrived(GradReduce *r, int idx, float lr, int *ngather) {
+    Vit *m = r->model;
+    size_t P = (size_t)r->size;
+    int k = r->req_of[idx];
+    if (k >= 0) {
+        const GradRange *g = &r->ranges[k];
+        const int *cnt = r->counts + (size_t)k * P, *dsp = r->displs + (size_t)k * P;
+        size_t lo = g->offset + (size_t)dsp[r->rank];
+        adamw_update_span(r->opt, m, lo, lo + (size_t)cnt[r->rank], r->grads + g->offset, lr);
+        MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, m->params_mem + g->offset, cnt, dsp,
+                        MPI_FLOAT, r->comm, &r->gathers[(*ngather)++]);
+        return;
+    }
+    const GradBucket *b = &r->buckets[-1 - k];
+    for (int j = b->first; j < b->first + b->nranges; j++) {
+        const GradRange *g = &r->ranges[j];
+        if (g->staged == NOT_STAGED) continue;
+        memcpy(r->grads + g->offset, r->stage + g->staged, g->count * sizeof(float));
+        adamw_update_span(r->opt, m, g->offset, g->offset + g->count, r->grads + g->offset, lr);
+    }
+}
+
 int grad_reduce_step(GradReduce *r, float lr) {
     CS_CHECK(r->opt, "grad_reduce_step needs grad_reduce_shard first");
-    Vit *m = r->model;
     if (r->size < 2) {
-        adamw_step(r->opt, m, lr);
+        adamw_step(r->opt, r->model, lr);
         return 0;
     }
     if (r->next == 0) r->early = 0;
     while (r->next < r->nbuckets) start_bucket(r, r->next++);
     adamw_begin_step(r->opt);
-    size_t P = (size_t)r->size;
     int ngather = 0;
-    for (;;) {
+    memset(r->arrived, 0, (size_t)r->nreqs);
+    for (;;) { /* each sum as it arrives */
         int idx, rc = MPI_Waitany(r->nreqs, r->reqs, &idx, MPI_STATUS_IGNORE);
         CS_CHECK(rc == MPI_SUCCESS, "MPI_Waitany of the gradient sums failed (%d)", rc);
         if (idx == MPI_UNDEFINED) break;
-        int k = r->req_of[idx];
-        if (k >= 0) { /* an in-place range: update this rank's share, then share it */
-            const GradRange *g = &r->ranges[k];
-            const int *cnt = r->counts + (size_t)k * P, *dsp = r->displs + (size_t)k * P;
-            size_t lo = g->offset + (size_t)dsp[r->rank];
-            adamw_update_span(r->opt, m, lo, lo + (size_t)cnt[r->rank], r->grads + g->offset, lr);
-            MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, m->params_mem + g->offset, cnt,
-                            dsp, MPI_FLOAT, r->comm, &r->gathers[ngather++]);
-        } else { /* a bucket's staged ranges: summed whole, updated by every rank */
-            const GradBucket *b = &r->buckets[-1 - k];
-            for (int j = b->first; j < b->first + b->nranges; j++) {
-                const GradRange *g = &r->ranges[j];
-                if (g->staged == NOT_STAGED) continue;
-                memcpy(r->grads + g->offset, r->stage + g->staged, g->count * sizeof(float));
-                adamw_update_span(r->opt, m, g->offset, g->offset + g->count,
-                                  r->grads + g->offset, lr);
-            }
-        }
+        r->arrived[idx] = 1;
+        update_arrived(r, idx, lr, &ngather);
     }
+    /* a hook's MPI_Testall that found every started sum complete has freed their requests
+     * (MPI_REQUEST_NULL), which MPI_Waitany then never reports: those sums are here too */
+    for (int idx = 0; idx < r->nreqs; idx++)
+        if (!r->arrived[idx]) update_arrived(r, idx, lr, &ngather);
     int rc = MPI_Waitall(ngather, r->gathers, MPI_STATUSES_IGNORE);
     CS_CHECK(rc == MPI_SUCCESS, "MPI_Waitall of the parameter gathers failed (%d)", rc);
     r->nreqs = r->next = 0;
@@ -233,6 +247,7 @@ void grad_reduce_free(GradReduce *r, Vit *m) {
     free(r->stage);
     free(r->reqs);
     free(r->req_of);
+    free(r->arrived);
     free(r->counts);
     free(r->displs);
     free(r->gathers);
