@@ -113,8 +113,8 @@ static int parse_args(Stage *st, Args *a, int argc, char **argv) {
     return 0;
 }
 
-/* Image i's region recognition and segmentation into rc (*used: its segments), and its
- * picture when pics is given. A failure is the image's (it is skipped), not the run's. */
+/* One image's region recognition and segmentation into rc (*used: its segments); *ids gets
+ * its panoptic ids. A failure is the image's (it is skipped), not the run's. */
 static int eval_image(RegionEval *re, RegionCounts *rc, Image *im, uint32_t **ids,
                       const CocoPanopticImage *pi, const Dataset *ds, int *used) {
     char ipath[4096], ppath[4096];

@@ -293,7 +293,7 @@ static int data_digests(uint64_t *adig, uint64_t *pdig, const char *ann, const c
         char pp[4096];
         rc = coco_image_path(pp, sizeof pp, png_root, pan->images[i].png_name);
         if (!rc) rc = file_digest(&d, pp);
-        *pdig = fnv1a64(*pdig, &d, sizeof d);
+        if (!rc) *pdig = fnv1a64(*pdig, &d, sizeof d);
     }
     MPI_Bcast(adig, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
     MPI_Bcast(pdig, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);

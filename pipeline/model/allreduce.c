@@ -135,11 +135,9 @@ int grad_reduce_finish(GradReduce *r, float *extra, size_t nextra) {
              nextra);
     if (r->next == 0) r->early = 0;
     while (r->next < r->nbuckets) start_bucket(r, r->next++);
-    if (extra && nextra) {
-        r->req_of[r->nreqs] = INT_MAX;
+    if (extra && nextra)
         MPI_Iallreduce(MPI_IN_PLACE, extra, (int)nextra, MPI_FLOAT, MPI_SUM, r->comm,
                        &r->reqs[r->nreqs++]);
-    }
     int rc = MPI_Waitall(r->nreqs, r->reqs, MPI_STATUSES_IGNORE);
     CS_CHECK(rc == MPI_SUCCESS, "MPI_Waitall of the gradient sums failed (%d)", rc);
     for (int k = 0; k < r->nranges; k++) {

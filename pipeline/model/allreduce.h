@@ -79,7 +79,7 @@ typedef struct {
     Vit *model;
     int rank;
     int *counts, *displs;  /* (nranges, size) each range's shares */
-    int *req_of;           /* per request: range index, or -1 - bucket for a staged part */
+    int *req_of;           /* per bucket request: range index, or -1 - bucket (staged part) */
     unsigned char *arrived; /* per request: its sum was handled this step */
     MPI_Request *gathers;  /* one per in-place range */
 } GradReduce;
