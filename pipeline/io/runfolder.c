@@ -161,17 +161,23 @@ int runfolder_resume(RunFolder *rf, Vit *m, AdamW *opt, const CheckpointExtra *x
     return 0;
 }
 
-/* Keep the header and the rows of a CSV log whose first field is at most last. */
-static void truncate_log(const char *path, long last) {
+/* Keep the header and the rows of a CSV log whose first field is at most last (committed
+ * through a temporary: a kill leaves the old log or the truncated one). No log: nothing. */
+static int truncate_log(const char *path, long last) {
     FILE *old = fopen(path, "r");
-    if (!old) return;
+    if (!old) return 0;
     char tmp[4300], line[512];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *keep = fopen(tmp, "w");
-    while (keep && fgets(line, sizeof line, old))
+    FILE *keep = file_tmp_path(tmp, sizeof tmp, path) == 0 ? fopen(tmp, "w") : NULL;
+    if (!keep) {
+        fclose(old);
+        CS_FAIL("cannot write a truncated copy of %s", path);
+    }
+    while (fgets(line, sizeof line, old))
         if (!isdigit((unsigned char)line[0]) || atol(line) <= last) fputs(line, keep);
+    int bad = ferror(old) != 0;
     fclose(old);
-    if (keep && fclose(keep) == 0) rename(tmp, path);
+    if (bad) cs_error_set(__FILE__, __LINE__, "cannot read %s", path);
+    return file_commit_stream(keep, tmp, path, bad);
 }
 
 int runfolder_log(RunFolder *rf, FILE **f, const char *name, const char *header, long step,
@@ -180,7 +186,7 @@ int runfolder_log(RunFolder *rf, FILE **f, const char *name, const char *header,
     if (rf->rank != 0) return 0;
     char path[4200];
     snprintf(path, sizeof path, "%s/%s", rf->dir, name);
-    if (step) truncate_log(path, last);
+    if (step) CS_TRY(truncate_log(path, last));
     *f = fopen(path, step ? "a" : "w");
     CS_CHECK(*f, "cannot write %s: %s", path, strerror(errno));
     if (!step) fputs(header, *f);
